@@ -1,0 +1,48 @@
+# Two entry points, each doing its own set-up on a fresh machine:
+#   make demo   - virtualenv, install, run the end-to-end demo against the local DAP emulator
+#   make test   - virtualenv with test extras (plus the official dap CLI in its own venv), run pytest
+PYTHON ?= python3
+VENV ?= .venv
+DAP_VENV ?= .venv-dap
+AIRFLOW_VERSION ?= 3.3.2
+DAP_CLIENT_VERSION ?= 2.3.1
+PYTEST_ARGS ?=
+PIP = $(VENV)/bin/pip --disable-pip-version-check -q
+
+export AIRFLOW_HOME ?= $(CURDIR)/.airflow-home
+export AIRFLOW__CORE__LOAD_EXAMPLES = False
+export DAP_TRACKING = false
+
+.PHONY: demo test lint clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.stamp-demo: $(VENV)/bin/python pyproject.toml Makefile
+	$(PIP) install "apache-airflow==$(AIRFLOW_VERSION)" -e ".[sqlite,parquet]"
+	touch $@
+
+$(VENV)/.stamp-test: $(VENV)/bin/python pyproject.toml Makefile
+	$(PIP) install "apache-airflow==$(AIRFLOW_VERSION)" -e ".[test]"
+	# mysqlclient (a hard dependency of the MySQL provider) needs C headers; the provider
+	# runs on mysql-connector-python, which [test] installs.
+	$(PIP) install --no-deps "apache-airflow-providers-mysql>=6.0"
+	touch $@ $(VENV)/.stamp-demo
+
+# The official client pins exact versions that conflict with Airflow's, so it gets its own venv.
+$(DAP_VENV)/.stamp: Makefile
+	$(PYTHON) -m venv $(DAP_VENV)
+	$(DAP_VENV)/bin/pip --disable-pip-version-check -q install "instructure-dap-client[postgresql,mysql]==$(DAP_CLIENT_VERSION)"
+	touch $@
+
+demo: $(VENV)/.stamp-demo
+	$(VENV)/bin/python -m example_dags.run_demo
+
+test: $(VENV)/.stamp-test $(DAP_VENV)/.stamp
+	DAP_CLI=$(CURDIR)/$(DAP_VENV)/bin/dap $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.stamp-test
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) $(DAP_VENV) .airflow-home .pytest_cache demo-output

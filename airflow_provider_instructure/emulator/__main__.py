@@ -1,0 +1,72 @@
+"""``python -m airflow_provider_instructure.emulator``: serve a local DAP emulator."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+
+from airflow_provider_instructure.emulator.config import EmulatorConfig
+from airflow_provider_instructure.emulator.core import Emulator
+from airflow_provider_instructure.emulator.server import EmulatorServer
+
+
+def _rows(values: list[str]) -> int | dict[str, int]:
+    if len(values) == 1 and "=" not in values[0]:
+        return int(values[0])
+    out: dict[str, int] = {}
+    for item in values:
+        name, _, count = item.partition("=")
+        if not count:
+            raise argparse.ArgumentTypeError(f"--rows expects N or TABLE=N, got {item!r}")
+        out[name] = int(count)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m airflow_provider_instructure.emulator",
+        description="Serve a local Instructure DAP (Canvas Data 2) emulator.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
+    parser.add_argument(
+        "--rows", nargs="+", default=["200"], help="rows per table: N, or TABLE=N pairs (e.g. canvas.users=1000000 *=100)"
+    )
+    parser.add_argument("--clock-start", help="commit time of the initial rows (RFC 3339); default two days ago")
+    parser.add_argument("--token-lifetime", type=float, default=3600.0, help="JWT lifetime in seconds")
+    parser.add_argument("--job-seconds", type=float, default=1.0, help="seconds a job spends waiting, then running")
+    parser.add_argument("--parts", type=int, default=2, help="minimum gzip parts per result")
+    parser.add_argument("--rows-per-part", type=int, default=100_000, help="maximum rows per part")
+    parser.add_argument("--rate-limits", action="store_true", help="enforce the documented per-minute limits")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+
+    config = EmulatorConfig(
+        token_lifetime=args.token_lifetime,
+        job_waiting_seconds=args.job_seconds,
+        job_running_seconds=args.job_seconds,
+        parts=args.parts,
+        rows_per_part=args.rows_per_part,
+    )
+    if args.rate_limits:
+        config.enable_rate_limits()
+    clock_start = datetime.fromisoformat(args.clock_start.replace("Z", "+00:00")) if args.clock_start else None
+    emulator = Emulator(config, seed=args.seed, rows=_rows(args.rows), clock_start=clock_start)
+    server = EmulatorServer(emulator, host=args.host, port=args.port, log_level=args.log_level)
+    print(f"DAP emulator listening on {server.url}", flush=True)
+    print(f"  ClientID: {server.client_id}", flush=True)
+    print(f"  Secret:   {server.client_secret}", flush=True)
+    print(f"  Control:  {server.url}/_emulator/stats (see README: 'The DAP emulator')", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        emulator.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Query jobs: de-duplication, the waiting/running/complete/failed lifecycle, and result files."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_instructure.emulator.config import EmulatorConfig
+from airflow_provider_instructure.emulator.dataset import Dataset, RowState, Table
+from airflow_provider_instructure.emulator.encoders import (
+    EXTENSIONS,
+    Layout,
+    Record,
+    format_timestamp,
+    write_parquet_part,
+    write_text_part,
+)
+
+
+@dataclass(frozen=True)
+class Query:
+    """A validated query: ``since is None`` means snapshot."""
+
+    namespace: str
+    table: str
+    format: str
+    mode: str
+    since: datetime | None
+    until: datetime  # resolved: the snapshot's ``at`` or the incremental's end
+    scope: str | None = None
+
+    @property
+    def incremental(self) -> bool:
+        return self.since is not None
+
+    def dedup_key(self) -> str:
+        # The resolved ``until`` is part of the key: once new data is committed an
+        # identical request body gets a new job [INF; the docs only say "same parameters"].
+        return json.dumps(
+            [self.namespace, self.table, self.format, self.mode, self.since and self.since.isoformat(),
+             self.until.isoformat(), self.scope]
+        )  # fmt: skip
+
+
+@dataclass
+class Job:
+    id: str
+    query: Query
+    created: float  # time.time()
+    expires: float
+    fail: bool = False
+    polls: int = 0
+    schema_version: int = 0
+    objects: list[str] = field(default_factory=list)
+    error: dict[str, str] | None = None
+    rows: int = 0
+    ready: threading.Event = field(default_factory=threading.Event)
+    directory: Path | None = None
+
+    @property
+    def expires_at(self) -> str:
+        return format_timestamp(datetime.fromtimestamp(self.expires, timezone.utc).replace(microsecond=0))
+
+    def status(self, config: EmulatorConfig, now: float) -> str:
+        if config.job_progress == "polls":
+            stage = self.polls
+            if stage < 1:
+                return "waiting"
+            if stage < 2 or not self.ready.is_set():
+                return "running"
+        else:
+            elapsed = now - self.created
+            if elapsed < config.job_waiting_seconds:
+                return "waiting"
+            if elapsed < config.job_waiting_seconds + config.job_running_seconds or not self.ready.is_set():
+                return "running"
+        return "failed" if self.error else "complete"
+
+    def body(self, status: str) -> dict[str, Any]:
+        """The job JSON, with exactly the keys the OpenAPI schema allows for ``status``."""
+        out: dict[str, Any] = {"id": self.id, "status": status, "expires_at": self.expires_at}
+        if status == "failed":
+            out["error"] = self.error
+        elif status == "complete":
+            out["objects"] = [{"id": oid} for oid in self.objects]
+            out["schema_version"] = self.schema_version
+            if self.query.incremental:
+                out["since"] = format_timestamp(self.query.since)  # type: ignore[arg-type]
+                out["until"] = format_timestamp(self.query.until)
+            else:
+                out["at"] = format_timestamp(self.query.until)
+        return out
+
+
+class JobStore:
+    """Holds jobs and their files; writes result files on a small worker pool."""
+
+    def __init__(self, dataset: Dataset, config: EmulatorConfig, workdir: Path | None = None) -> None:
+        self.dataset = dataset
+        self.config = config
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self._by_query: dict[str, str] = {}
+        self._objects: dict[str, tuple[str, Path]] = {}
+        self._owned_dir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="dap-emulator-"))
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dap-emulator-job")
+        self.created_count = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def submit(self, query: Query, fail: bool = False) -> tuple[Job, bool]:
+        """Return the job for ``query``, creating it unless an identical live one exists.
+
+        :returns: ``(job, created)``.
+        """
+        self.expire()
+        key = query.dedup_key()
+        with self._lock:
+            existing = self._by_query.get(key)
+            if existing and existing in self._jobs and not fail:
+                return self._jobs[existing], False
+            now = time.time()
+            job = Job(id=str(uuid.uuid4()), query=query, created=now, expires=now + self.config.job_ttl, fail=fail)
+            self._jobs[job.id] = job
+            self._by_query[key] = job.id
+            self.created_count += 1
+        self._pool.submit(self._produce, job)
+        return job, True
+
+    def get(self, job_id: str) -> Job | None:
+        self.expire()
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def object_path(self, object_id: str) -> Path | None:
+        self.expire()
+        with self._lock:
+            entry = self._objects.get(object_id)
+        return entry[1] if entry else None
+
+    def expire(self) -> None:
+        now = time.time()
+        with self._lock:
+            gone = [job for job in self._jobs.values() if job.expires <= now]
+            for job in gone:
+                del self._jobs[job.id]
+                self._by_query.pop(job.query.dedup_key(), None)
+                for oid in job.objects:
+                    self._objects.pop(oid, None)
+        for job in gone:
+            if job.directory is not None:
+                shutil.rmtree(job.directory, ignore_errors=True)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._owned_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- result files ---------------------------------------------------------------------
+
+    def _produce(self, job: Job) -> None:
+        try:
+            if job.fail:
+                job.error = {
+                    "type": "ProcessingError",
+                    "uuid": str(uuid.uuid4()),
+                    "message": "The query could not be processed (fault injected by the emulator).",
+                }
+                return
+            self._write(job)
+        except Exception as exc:  # a bug here must fail the job visibly, not hang it
+            job.error = {"type": "ProcessingError", "uuid": str(uuid.uuid4()), "message": f"emulator error: {exc!r}"}
+        finally:
+            job.ready.set()
+
+    def _write(self, job: Job) -> None:
+        query = job.query
+        table = self.dataset.table(query.namespace, query.table)
+        with self.dataset.lock:
+            schema = table.schema
+            job.schema_version = schema.version
+            if query.incremental:
+                total, states = table.changes(query.since, query.until)  # type: ignore[arg-type]
+            else:
+                total, states = table.snapshot(query.until)
+        job.rows = total
+        per_part = max(1, min(self.config.rows_per_part, math.ceil(total / max(1, self.config.parts))))
+        n_parts = max(1, math.ceil(total / per_part))
+        directory = self.workdir / job.id
+        directory.mkdir(parents=True, exist_ok=True)
+        job.directory = directory
+        layout = Layout(schema, query.mode, query.incremental)
+        objects: list[tuple[str, Path]] = []
+        run = uuid.uuid4()
+        for part in range(n_parts):
+            chunk = itertools.islice(states, per_part)
+            name = f"part-{part:05d}-{run}-c000.{EXTENSIONS[query.format]}"
+            path = directory / name
+            records = _records(table, chunk)
+            if query.format == "parquet":
+                write_parquet_part(path, layout, records)
+            else:
+                write_text_part(path, query.format, layout, records)
+            objects.append((f"{job.id}/{name}", path))
+        with self._lock:
+            job.objects = [oid for oid, _ in objects]
+            for oid, path in objects:
+                self._objects[oid] = (job.id, path)
+
+
+def _records(table: Table, states: Iterable[RowState]) -> Iterator[Record]:
+    factory = table.factory
+    for state in states:
+        key = factory.key(state.k)
+        if state.deleted:
+            yield Record(state.ts, key, None, "D")
+        else:
+            hidden = table.hidden_columns(state.ts)
+            yield Record(state.ts, key, factory.value(state.k, state.version, state.ts, hidden), "U")  # type: ignore[arg-type]
+
+
+def expected_rows(
+    dataset: Dataset, namespace: str, table: str, at: datetime | None = None
+) -> Iterator[dict[str, Any]]:
+    """The emulator's contents of a table at ``at`` as flat ``{column: value}`` dicts.
+
+    This is the ground truth replicas are compared with: Python values (int, float,
+    Decimal, bool, datetime, date, str, list/dict for JSON columns, None).
+    """
+    tbl = dataset.table(namespace, table)
+    at = at or tbl.latest_ts
+    with dataset.lock:
+        _, states = tbl.snapshot(at)
+    for record in _records(tbl, states):
+        yield {**record.key, **(record.value or {})}
+
+
+def utc_parse(text: str) -> datetime:
+    """Parse an RFC 3339 timestamp that must carry a zone designator."""
+    value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if value.tzinfo is None:
+        raise ValueError(f"timestamp {text!r} lacks a time zone designator (use Z or +hh:mm)")
+    return value.astimezone(timezone.utc)
+

@@ -1,0 +1,35 @@
+"""Per-endpoint sliding-window rate limits, answering like the API gateway (429 + Retry-After)."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+
+
+class RateLimiter:
+    """Independent buckets per route, as Instructure documents them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: dict[str, deque[float]] = {}
+
+    def check(self, route: str, limit: tuple[int, float] | None) -> int | None:
+        """Record a call; return ``None`` if allowed, else the seconds to put in ``Retry-After``."""
+        if not limit:
+            return None
+        calls, window = limit
+        now = time.monotonic()
+        with self._lock:
+            history = self._calls.setdefault(route, deque())
+            while history and history[0] <= now - window:
+                history.popleft()
+            if len(history) >= calls:
+                return max(1, math.ceil(history[0] + window - now))
+            history.append(now)
+            return None
+
+    def reset(self) -> None:
+        with self._lock:
+            self._calls.clear()
