@@ -28,9 +28,13 @@ def get_provider_info() -> dict[str, Any]:
         "hooks": [
             {"integration-name": INTEGRATION, "python-modules": ["airflow_provider_instructure.hooks.instructure"]}
         ],
-        "operators": [{"integration-name": INTEGRATION, "python-modules": ["airflow_provider_instructure.operators.cd2"]}],
+        "operators": [
+            {"integration-name": INTEGRATION, "python-modules": ["airflow_provider_instructure.operators.cd2"]}
+        ],
         "sensors": [{"integration-name": INTEGRATION, "python-modules": ["airflow_provider_instructure.sensors.cd2"]}],
-        "triggers": [{"integration-name": INTEGRATION, "python-modules": ["airflow_provider_instructure.triggers.cd2"]}],
+        "triggers": [
+            {"integration-name": INTEGRATION, "python-modules": ["airflow_provider_instructure.triggers.cd2"]}
+        ],
         "connection-types": [
             {
                 "connection-type": "instructure",
@@ -49,12 +53,12 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "retry_limit": {
                         "label": "Retry limit",
-                        "description": "Attempts per call on 429, 5xx and connection errors.",
+                        "description": "Attempts per call on 5xx and connection errors.",
                         "schema": {"type": ["integer", "null"], "default": 6},
                     },
                     "scope": {
                         "label": "Scope",
-                        "description": "Optional DAP scope (e.g. a root account UUID) for credentials with several scopes.",
+                        "description": "Optional DAP scope (a root account UUID) for credentials with several scopes.",
                         "schema": {"type": ["string", "null"]},
                     },
                 },

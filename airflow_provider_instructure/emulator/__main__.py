@@ -32,7 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
     parser.add_argument(
-        "--rows", nargs="+", default=["200"], help="rows per table: N, or TABLE=N pairs (e.g. canvas.users=1000000 *=100)"
+        "--rows",
+        nargs="+",
+        default=["200"],
+        help="rows per table: N, or TABLE=N pairs (e.g. canvas.users=1000000 *=100)",
     )
     parser.add_argument("--clock-start", help="commit time of the initial rows (RFC 3339); default two days ago")
     parser.add_argument("--token-lifetime", type=float, default=3600.0, help="JWT lifetime in seconds")

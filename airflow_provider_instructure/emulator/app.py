@@ -105,7 +105,10 @@ class _TruncatedFile(Response):
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [(b"content-length", str(len(self.data)).encode()), (b"content-type", b"binary/octet-stream")],
+                "headers": [
+                    (b"content-length", str(len(self.data)).encode()),
+                    (b"content-type", b"binary/octet-stream"),
+                ],
             }
         )
         cut = max(1, int(len(self.data) * self.fraction)) if len(self.data) > 1 else 0
@@ -244,7 +247,9 @@ def create_app(emulator: Emulator) -> ASGIApp:
         if table not in emulator.dataset.tables[namespace]:
             return record(request, "get_schema", unknown_table(namespace, table))
         versioned = emulator.dataset.table(namespace, table).versioned_schema
-        return record(request, "get_schema", JSONResponse({"schema": versioned["schema"], "version": versioned["version"]}))
+        return record(
+            request, "get_schema", JSONResponse({"schema": versioned["schema"], "version": versioned["version"]})
+        )
 
     @app.post("/dap/query/{namespace}/table/{table}/data")
     async def create_job(request: Request, namespace: str, table: str) -> Response:

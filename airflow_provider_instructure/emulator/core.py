@@ -122,4 +122,3 @@ class Emulator:
 
     def close(self) -> None:
         self.jobs.close()
-

@@ -102,9 +102,7 @@ class Table:
 
     def hidden_columns(self, row_ts: datetime) -> frozenset[str]:
         """Columns added after ``row_ts``: rows last written before a column existed read NULL there."""
-        return frozenset(
-            rev.added_column for rev in self.revisions if rev.added_column is not None and row_ts < rev.ts
-        )
+        return frozenset(rev.added_column for rev in self.revisions if rev.added_column is not None and row_ts < rev.ts)
 
     def add_column(self, ts: datetime, name: str, node: dict[str, Any]) -> int:
         """Bump the schema version with a new nullable value column; returns the new version."""

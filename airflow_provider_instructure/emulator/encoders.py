@@ -207,7 +207,7 @@ def write_parquet_part(path: Path, layout: Layout, records: Iterable[Record]) ->
             if value is not None and types[i] == pa.string() and not isinstance(value, str):
                 value = plain_text(value)
             columns[i].append(value)
-    table = pa.table({name: pa.array(col, type=typ) for name, col, typ in zip(header, columns, types)})
+    table = pa.table({name: pa.array(col, type=typ) for name, col, typ in zip(header, columns, types, strict=False)})
     pq.write_table(table, path, compression="snappy")
 
 

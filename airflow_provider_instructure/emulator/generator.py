@@ -20,7 +20,7 @@ from airflow_provider_instructure.dap_schema import Column, ColumnType, TableSch
 #: Strings that break naive encoders: every one of them must survive TSV, CSV, JSONL and
 #: every database load unchanged.
 TRICKY_STRINGS: tuple[str, ...] = (
-    "O'Brien, \"Bob\"",
+    'O\'Brien, "Bob"',
     "tab\tseparated",
     "multi\nline\r\nvalue",
     "back\\slash and a literal \\N",
@@ -156,10 +156,7 @@ def _scalar(rnd: random.Random, typ: ColumnType, node: dict[str, Any], k: int, v
         if typ.oversized and rnd.random() < 0.05:
             return OVERSIZED
         roll = rnd.random()
-        if roll < 0.12:
-            text = rnd.choice(TRICKY_STRINGS)
-        else:
-            text = f"{rnd.choice(_WORDS)} {rnd.choice(_WORDS)} {k}.{version}"
+        text = rnd.choice(TRICKY_STRINGS) if roll < 0.12 else f"{rnd.choice(_WORDS)} {rnd.choice(_WORDS)} {k}.{version}"
         if typ.max_length is not None:
             text = text[: typ.max_length]
         return text

@@ -232,9 +232,7 @@ def _records(table: Table, states: Iterable[RowState]) -> Iterator[Record]:
             yield Record(state.ts, key, factory.value(state.k, state.version, state.ts, hidden), "U")  # type: ignore[arg-type]
 
 
-def expected_rows(
-    dataset: Dataset, namespace: str, table: str, at: datetime | None = None
-) -> Iterator[dict[str, Any]]:
+def expected_rows(dataset: Dataset, namespace: str, table: str, at: datetime | None = None) -> Iterator[dict[str, Any]]:
     """The emulator's contents of a table at ``at`` as flat ``{column: value}`` dicts.
 
     This is the ground truth replicas are compared with: Python values (int, float,
@@ -254,4 +252,3 @@ def utc_parse(text: str) -> datetime:
     if value.tzinfo is None:
         raise ValueError(f"timestamp {text!r} lacks a time zone designator (use Z or +hh:mm)")
     return value.astimezone(timezone.utc)
-

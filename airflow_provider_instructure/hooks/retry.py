@@ -1,0 +1,87 @@
+"""One retry policy (tenacity) for every DAP call, sync or async.
+
+* 429: wait what ``Retry-After`` says (seconds or HTTP date; exponential back-off if absent),
+  for up to ``rate_limit_wait`` seconds in total, so rate limits slow a task down instead
+  of failing it.
+* 5xx, unparseable proxy answers, connection errors and timeouts: exponential back-off with
+  jitter, capped at ``retry_max_delay``, for up to ``retry_limit`` attempts.
+* Anything else (400/401/403/404...) is not retried.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any
+
+from tenacity import RetryCallState, retry_if_exception
+
+from airflow_provider_instructure.exceptions import DapRateLimitError
+from airflow_provider_instructure.hooks.dap_protocol import is_retryable
+from airflow_provider_instructure.hooks.settings import DapSettings
+
+_SIGNED = re.compile(r"(X-Amz-(?:Signature|Credential|Security-Token)=)[^&\s'\"]+", re.IGNORECASE)
+
+
+def redact_url(text: str) -> str:
+    """Blank out pre-signed URL credentials anywhere in ``text`` (exception messages, logs)."""
+    return _SIGNED.sub(r"\1***", text)
+
+
+class RetryPolicy:
+    """Builds tenacity arguments for one logical call.
+
+    :param settings: retry limits from the connection/hook.
+    :param transport_errors: the transport's retryable exceptions (connection reset, timeout...).
+    :param log: logger for the "retrying in N s" lines.
+    """
+
+    def __init__(self, settings: DapSettings, transport_errors: tuple[type[BaseException], ...], log: Any) -> None:
+        self.settings = settings
+        self.transport_errors = transport_errors
+        self.log = log
+
+    def retryable(self, exc: BaseException) -> bool:
+        return is_retryable(exc) or isinstance(exc, self.transport_errors)
+
+    def tenacity_kwargs(self, what: str) -> dict[str, Any]:
+        """Keyword arguments for ``tenacity.Retrying``/``AsyncRetrying`` for a call described by ``what``."""
+        counts = {"failures": 0}
+        settings = self.settings
+
+        def backoff(attempt: int) -> float:
+            base = settings.retry_delay * (2 ** max(0, attempt - 1))
+            return min(settings.retry_max_delay, base) * (0.5 + random.random() / 2)
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, DapRateLimitError):
+                if exc.retry_after is not None:
+                    return exc.retry_after + random.random() * 0.25 * max(1.0, settings.retry_delay)
+                return backoff(state.attempt_number)
+            return backoff(counts["failures"])
+
+        def stop(state: RetryCallState) -> bool:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, DapRateLimitError):
+                return state.idle_for + wait(state) > settings.rate_limit_wait
+            counts["failures"] += 1
+            return counts["failures"] >= settings.retry_limit
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            self.log.warning(
+                "%s failed (%s); retrying in %.1f s (attempt %d)",
+                what,
+                redact_url(f"{type(exc).__name__}: {exc}"),
+                state.next_action.sleep if state.next_action else 0.0,
+                state.attempt_number + 1,
+            )
+
+        return {
+            "retry": retry_if_exception(self.retryable),
+            "stop": stop,
+            "wait": wait,
+            "before_sleep": before_sleep,
+            "reraise": True,
+        }

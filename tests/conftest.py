@@ -1,0 +1,42 @@
+"""Shared test set-up.
+
+* ``AIRFLOW_HOME`` points at a throw-away directory before anything imports Airflow.
+* The emulator fixtures (``dap_emulator``, ``dap_emulator_factory``...) come from the
+  package's own pytest plugin, registered through its ``pytest11`` entry point.
+* Database fixtures skip with a visible reason when a server is missing on a laptop, and
+  fail when ``CI=true``: CI never passes on skips.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("DAP_TRACKING", "false")
+
+from collections.abc import Iterator
+
+import pytest
+
+from airflow_provider_instructure.emulator.server import EmulatorServer
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+MYSQL_URL = os.environ.get("TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+
+
+def unavailable(reason: str) -> None:
+    """Skip locally, fail in CI."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: database tests must run, not skip)")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def instructure_conn(dap_emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorServer]:
+    """``instructure_default`` pointing at the shared emulator (no metadata DB involved)."""
+    monkeypatch.setenv("AIRFLOW_CONN_INSTRUCTURE_DEFAULT", dap_emulator.connection_json())
+    yield dap_emulator
