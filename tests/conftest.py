@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
+REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
+# dag.test() serializes DAGs from the dags folder before running them.
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "example_dags"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("DAP_TRACKING", "false")
 
@@ -35,8 +39,26 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_token_caches() -> Iterator[None]:
+    """Each test counts its own logins: no JWT cached by an earlier test."""
+    from airflow_provider_instructure.hooks.instructure import clear_token_caches
+
+    clear_token_caches()
+    yield
+    clear_token_caches()
+
+
 @pytest.fixture
 def instructure_conn(dap_emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorServer]:
     """``instructure_default`` pointing at the shared emulator (no metadata DB involved)."""
     monkeypatch.setenv("AIRFLOW_CONN_INSTRUCTURE_DEFAULT", dap_emulator.connection_json())
     yield dap_emulator
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """A fresh Airflow metadata DB (SQLite under AIRFLOW_HOME) for ``dag.test()`` runs."""
+    from airflow.utils.db import resetdb
+
+    resetdb()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import datetime, timezone
 from functools import cached_property
@@ -44,6 +45,16 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     requests.Timeout,
     requests.exceptions.ChunkedEncodingError,
 )
+
+
+_TOKEN_CACHES: dict[DapSettings, SyncTokenCache] = {}
+_TOKEN_CACHES_LOCK = threading.Lock()
+
+
+def clear_token_caches() -> None:
+    """Forget every cached JWT of this process (tests use it to count logins per case)."""
+    with _TOKEN_CACHES_LOCK:
+        _TOKEN_CACHES.clear()
 
 
 class _BearerAuth(AuthBase):
@@ -94,8 +105,9 @@ class InstructureHook(BaseHook):
 
     The connection holds the ClientID (login) and Secret (password). The hook logs in to
     the Identity Service on first use, caches the JWT until ``refresh_margin`` seconds
-    before it expires, refreshes it transparently (one login for many calls and threads),
-    and replays a request once after a 401. Construction does no I/O.
+    before it expires, refreshes it transparently (one login for many calls, threads and
+    hooks on the same connection in a process), and replays a request once after a 401.
+    Construction does no I/O.
 
     :param instructure_conn_id: the ``instructure`` connection to use.
     :param namespace: default DAP namespace (else the connection's, else ``canvas``).
@@ -166,7 +178,15 @@ class InstructureHook(BaseHook):
 
     @cached_property
     def _tokens(self) -> SyncTokenCache:
-        return SyncTokenCache(TokenState(self.settings.refresh_margin), self._login)
+        # Shared by every hook on the same connection settings in this process, so mapped
+        # tasks or several hooks in one task (or one dag.test()) log in once, not once each.
+        with _TOKEN_CACHES_LOCK:
+            cache = _TOKEN_CACHES.get(self.settings)
+            if cache is None:
+                cache = _TOKEN_CACHES[self.settings] = SyncTokenCache(
+                    TokenState(self.settings.refresh_margin), self._login
+                )
+            return cache
 
     @cached_property
     def _retry(self) -> RetryPolicy:
@@ -199,7 +219,7 @@ class InstructureHook(BaseHook):
 
     @property
     def login_count(self) -> int:
-        """How many times this hook has logged in (for logs and tests)."""
+        """How many logins the token cache this hook uses has made (for logs and tests)."""
         return self._tokens.logins
 
     # -- token lifecycle -------------------------------------------------------------------------
