@@ -203,8 +203,15 @@ class Table:
         return count, rows()
 
     def changes(self, since: datetime, until: datetime) -> tuple[int, Iterator[RowState]]:
-        """The latest change of every row changed in ``since < ts <= until``, in key order."""
+        """The latest change of every row changed in ``since < ts <= until``, in key order.
+
+        The initial rows count as committed at ``base_ts``: a window that contains it
+        returns them too (unless a later commit in the window supersedes them).
+        """
         overlay = self._overlay(since, until)
+        if since < self.base_ts <= until:
+            for k in range(1, self.initial_rows + 1):
+                overlay.setdefault(k, RowState(k, 0, self.base_ts))
         return len(overlay), (overlay[k] for k in sorted(overlay))
 
     def commit_timestamps(self) -> list[datetime]:

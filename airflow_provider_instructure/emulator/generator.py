@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from airflow_provider_instructure.dap_schema import Column, ColumnType, TableSchema, column_type
+from airflow_provider_instructure.emulator.encoders import format_timestamp
 
 #: Strings that break naive encoders: every one of them must survive TSV, CSV, JSONL and
 #: every database load unchanged.
@@ -175,7 +176,10 @@ def _json_value(rnd: random.Random, node: dict[str, Any], k: int, version: int) 
             if name not in required and rnd.random() < 0.25:
                 continue
             value = _scalar(rnd, column_type(sub), sub, k, version)
-            if isinstance(value, (datetime, date, Decimal)):
+            # JSON has no datetime/decimal: carry them as the text the file formats use.
+            if isinstance(value, datetime):
+                value = format_timestamp(value)
+            elif isinstance(value, (date, Decimal)):
                 value = str(value)
             out[name] = value
         # An object whose members are all absent is NULL on the wire, never {}.

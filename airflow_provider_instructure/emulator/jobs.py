@@ -27,6 +27,7 @@ from airflow_provider_instructure.emulator.encoders import (
     write_parquet_part,
     write_text_part,
 )
+from airflow_provider_instructure.emulator.generator import RowFactory
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class Job:
     rows: int = 0
     ready: threading.Event = field(default_factory=threading.Event)
     directory: Path | None = None
+    dedup_key: str = ""
 
     @property
     def expires_at(self) -> str:
@@ -127,13 +129,15 @@ class JobStore:
         :returns: ``(job, created)``.
         """
         self.expire()
-        key = query.dedup_key()
+        # A schema change (which commits no rows) must not hand out a job of the old version.
+        key = f"{query.dedup_key()}#v{self.dataset.table(query.namespace, query.table).schema_version}"
         with self._lock:
             existing = self._by_query.get(key)
             if existing and existing in self._jobs and not fail:
                 return self._jobs[existing], False
             now = time.time()
             job = Job(id=str(uuid.uuid4()), query=query, created=now, expires=now + self.config.job_ttl, fail=fail)
+            job.dedup_key = key
             self._jobs[job.id] = job
             self._by_query[key] = job.id
             self.created_count += 1
@@ -157,7 +161,8 @@ class JobStore:
             gone = [job for job in self._jobs.values() if job.expires <= now]
             for job in gone:
                 del self._jobs[job.id]
-                self._by_query.pop(job.query.dedup_key(), None)
+                if self._by_query.get(job.dedup_key) == job.id:  # a newer job may own the key
+                    del self._by_query[job.dedup_key]
                 for oid in job.objects:
                     self._objects.pop(oid, None)
         for job in gone:
@@ -191,6 +196,7 @@ class JobStore:
         table = self.dataset.table(query.namespace, query.table)
         with self.dataset.lock:
             schema = table.schema
+            factory = table.factory  # pinned: a concurrent schema change must not mix versions in one job
             job.schema_version = schema.version
             if query.incremental:
                 total, states = table.changes(query.since, query.until)  # type: ignore[arg-type]
@@ -198,7 +204,8 @@ class JobStore:
                 total, states = table.snapshot(query.until)
         job.rows = total
         per_part = max(1, min(self.config.rows_per_part, math.ceil(total / max(1, self.config.parts))))
-        n_parts = max(1, math.ceil(total / per_part))
+        # ``parts`` is a minimum: small results still come as that many (possibly header-only) parts.
+        n_parts = max(1, self.config.parts, math.ceil(total / per_part))
         directory = self.workdir / job.id
         directory.mkdir(parents=True, exist_ok=True)
         job.directory = directory
@@ -209,7 +216,7 @@ class JobStore:
             chunk = itertools.islice(states, per_part)
             name = f"part-{part:05d}-{run}-c000.{EXTENSIONS[query.format]}"
             path = directory / name
-            records = _records(table, chunk)
+            records = _records(table, chunk, factory)
             if query.format == "parquet":
                 write_parquet_part(path, layout, records)
             else:
@@ -221,8 +228,8 @@ class JobStore:
                 self._objects[oid] = (job.id, path)
 
 
-def _records(table: Table, states: Iterable[RowState]) -> Iterator[Record]:
-    factory = table.factory
+def _records(table: Table, states: Iterable[RowState], factory: RowFactory | None = None) -> Iterator[Record]:
+    factory = factory or table.factory
     for state in states:
         key = factory.key(state.k)
         if state.deleted:
