@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
 import threading
+import time
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from functools import cached_property
 from typing import Any
@@ -18,6 +22,8 @@ from airflow_provider_instructure._compat import AirflowNotFoundException, BaseH
 from airflow_provider_instructure.exceptions import (
     DapApiError,
     DapConnectionError,
+    DapJobFailed,
+    DapJobTimeout,
     DapNotFoundError,
     InstructureConfigError,
 )
@@ -25,14 +31,19 @@ from airflow_provider_instructure.hooks.dap_protocol import (
     LOGIN_FORM,
     LOGIN_PATH,
     AccessToken,
+    JobStatus,
     SyncTokenCache,
     TokenState,
     basic_auth_header,
+    build_query,
     check_name,
+    job_expires_within,
     map_error,
     parse_json,
     parse_login_response,
+    parse_timestamp,
 )
+from airflow_provider_instructure.hooks.downloads import ObjectDownloader, Truncated, UrlExpired
 from airflow_provider_instructure.hooks.retry import RetryPolicy, redact_url
 from airflow_provider_instructure.hooks.settings import DapSettings, read_settings
 
@@ -158,6 +169,12 @@ class InstructureHook(BaseHook):
             "scope": scope,
         }
         self._trace_id = uuid.uuid4().hex
+        #: seconds: a reused complete job expiring sooner than this is not used (as the official client)
+        self.reuse_expiry_margin = 30.0
+        #: object ids per ``POST /dap/object/url`` call [INF: DAP documents no maximum]
+        self.url_batch = 100
+        #: seconds after which a pre-signed URL is fetched again before use (they live ~15 min)
+        self.url_max_age = 600.0
 
     def __repr__(self) -> str:
         return f"<InstructureHook conn_id={self.instructure_conn_id!r}>"
@@ -345,6 +362,162 @@ class InstructureHook(BaseHook):
             exc, f"Table {table!r} does not exist in namespace {namespace!r}. Tables there: {', '.join(tables)}. {exc}"
         )
 
+    # -- queries and jobs ------------------------------------------------------------------------------
+
+    def start_query(
+        self,
+        table: str,
+        namespace: str | None = None,
+        *,
+        format: str = "jsonl",
+        mode: str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+    ) -> dict[str, Any]:
+        """Start (or join) a query job: a snapshot when ``since`` is None, else an incremental.
+
+        ``since``/``until`` take aware datetimes or ISO-8601 strings with a zone. A complete job
+        that DAP hands back from an earlier identical query but that expires within
+        ``reuse_expiry_margin`` seconds is not used: the hook waits for it to expire and asks
+        again, as its objects would vanish mid-download.
+
+        :returns: the job object (``id``, ``status``, ``expires_at`` and, when complete,
+            ``objects``, ``schema_version`` and ``at`` or ``since``/``until``).
+        :raises InstructureConfigError: bad arguments, before any call.
+        """
+        ns = self._namespace(namespace)
+        tbl = _checked(table, "table")
+        try:
+            body = build_query(format, mode, since, until)
+        except ValueError as exc:
+            raise InstructureConfigError(f"Query of {ns}.{tbl}: {exc}") from None
+        kind = "incremental" if "since" in body else "snapshot"
+        what = f"Start {kind} query of {ns}.{tbl}"
+        for _ in range(3):
+            try:
+                job = self._json("POST", f"/dap/query/{ns}/table/{tbl}/data", what=what, json=body, scoped=True)
+            except DapNotFoundError as exc:
+                raise self._explain_missing(exc, ns, tbl) from None
+            status = JobStatus.of(job)
+            if not (status.is_terminal and job_expires_within(job, self.reuse_expiry_margin)):
+                break
+            wait = max(0.0, min(self.reuse_expiry_margin, _seconds_until(job.get("expires_at")))) + 1.0
+            self.log.info(
+                "DAP returned job %s from an earlier identical query, expiring at %s; waiting %.0f s for a fresh one",
+                job.get("id"),
+                job.get("expires_at"),
+                wait,
+            )
+            time.sleep(wait)
+        self.log.info("%s: job %s is %s (%s)", what, job.get("id"), job.get("status"), json.dumps(body))
+        return job
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        """The job object of ``job_id`` (404 :class:`DapNotFoundError` once it has expired)."""
+        jid = _checked_job_id(job_id)
+        return self._json("GET", f"/dap/job/{jid}", what=f"Get job {jid}")
+
+    def wait_for_job(self, job_id: str, *, poll_interval: float = 30.0, timeout: float | None = None) -> dict[str, Any]:
+        """Poll until the job is complete (blocking; deferrable operators use the trigger instead).
+
+        :returns: the complete job.
+        :raises DapJobFailed: the job failed (message carries its id and DAP error uuid).
+        :raises DapJobTimeout: ``timeout`` seconds passed first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.get_job(job_id)
+            status = JobStatus.of(job)
+            if status is JobStatus.COMPLETE:
+                return job
+            if status is JobStatus.FAILED:
+                raise DapJobFailed(job_id, job.get("error"))
+            if deadline is not None and time.monotonic() + poll_interval > deadline:
+                raise DapJobTimeout(f"DAP job {job_id} still {status.value} after {timeout:.0f} s")
+            self.log.info("Job %s is %s; next check in %.0f s", job_id, status.value, poll_interval)
+            time.sleep(poll_interval)
+
+    def get_object_urls(self, object_ids: Sequence[str]) -> dict[str, str]:
+        """Trade object ids for pre-signed URLs, ``url_batch`` ids per call.
+
+        The URLs are secrets until they expire: they are registered with the masker and must
+        not be logged.
+        """
+        urls: dict[str, str] = {}
+        ids = list(object_ids)
+        for start in range(0, len(ids), self.url_batch):
+            batch = ids[start : start + self.url_batch]
+            body = self._json(
+                "POST",
+                "/dap/object/url",
+                what=f"Get download URLs of {len(batch)} object(s)",
+                json=[{"id": oid} for oid in batch],
+            )
+            for oid, entry in (body.get("urls") or {}).items():
+                url = entry.get("url") if isinstance(entry, dict) else entry
+                if isinstance(url, str):
+                    mask_secret(url)
+                    urls[oid] = url
+        missing = [oid for oid in ids if oid not in urls]
+        if missing:
+            raise DapApiError(f"DAP returned no download URL for {len(missing)} object(s), e.g. {missing[0]!r}")
+        return urls
+
+    @cached_property
+    def _download_session(self) -> requests.Session:
+        # Pre-signed URLs carry their own signature: no Authorization header may go with them.
+        session = requests.Session()
+        session.headers.update(self._base_headers())
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        return session
+
+    def download_objects(
+        self,
+        job: dict[str, Any] | Sequence[str],
+        target: Any,
+        *,
+        concurrency: int = 4,
+        decompress: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Download every result object of a complete job into ``target``.
+
+        :param job: the complete job object (or just its object ids).
+        :param target: a local directory, or an ``ObjectStoragePath`` (S3, GCS, Azure... through
+            their Airflow providers).
+        :param concurrency: parallel downloads.
+        :param decompress: gunzip TSV/CSV/JSONL on the fly (not valid for parquet).
+        :returns: per file ``{"object_id", "path", "size", "rows"}`` (rows when cheap to know).
+        """
+        if isinstance(job, dict):
+            if JobStatus.of(job) is not JobStatus.COMPLETE:
+                raise InstructureConfigError(
+                    f"job {job.get('id')} is {job.get('status')}; only complete jobs have files"
+                )
+            object_ids = [o["id"] if isinstance(o, dict) else str(o) for o in job.get("objects") or []]
+        else:
+            object_ids = list(job)
+        settings = self.settings
+        downloader = ObjectDownloader(
+            self.get_object_urls,
+            self._download_session,
+            RetryPolicy(settings, (*TRANSPORT_ERRORS, Truncated, UrlExpired), self.log),
+            concurrency=concurrency,
+            decompress=decompress,
+            url_batch=self.url_batch,
+            url_max_age=self.url_max_age,
+            timeout=(settings.connect_timeout, max(settings.timeout, 300.0)),
+            log=self.log,
+        )
+        started = time.monotonic()
+        files = downloader.download(object_ids, target)
+        total = sum(f.size for f in files)
+        self.log.info(
+            "Downloaded %d file(s), %d bytes, in %.1f s to %s", len(files), total, time.monotonic() - started, target
+        )
+        return [f.to_dict() for f in files]
+
     def test_connection(self) -> tuple[bool, str]:
         """Log in and list the default namespace's tables; never raises, never shows the token."""
         try:
@@ -395,6 +568,24 @@ def _checked(value: str, what: str) -> str:
         return check_name(value, what)
     except ValueError as exc:
         raise InstructureConfigError(str(exc)) from None
+
+
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+
+
+def _checked_job_id(job_id: str) -> str:
+    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+        raise InstructureConfigError(f"{job_id!r} is not a DAP job id")
+    return job_id
+
+
+def _seconds_until(timestamp: str | None) -> float:
+    if not timestamp:
+        return 0.0
+    try:
+        return parse_timestamp(timestamp, "expires_at").timestamp() - time.time()
+    except ValueError:
+        return 0.0
 
 
 def _with_message(exc: DapApiError, message: str) -> Any:

@@ -100,9 +100,13 @@ def base_url_of(conn_id: str, host: str | None, schema: str | None, port: int | 
     return f"{parts.scheme}://{netloc}{parts.path}".rstrip("/")
 
 
-def read_settings(conn: Any, overrides: dict[str, Any] | None = None) -> DapSettings:
+def read_settings(
+    conn: Any, overrides: dict[str, Any] | None = None, extras: dict[str, Any] | None = None
+) -> DapSettings:
     """Validate a Connection (plus hook-level overrides) into :class:`DapSettings`.
 
+    :param extras: the connection's extras when already read (async code must read them
+        with ``aextra_dejson``); ``conn.extra_dejson`` otherwise.
     :raises InstructureConfigError: naming the connection and the field to fix.
     """
     conn_id = conn.conn_id
@@ -121,7 +125,7 @@ def read_settings(conn: Any, overrides: dict[str, Any] | None = None) -> DapSett
         raise InstructureConfigError(
             f"Connection {conn_id!r}: the Client Secret (password) is empty; set it to the secret of your DAP key"
         )
-    extras = conn.extra_dejson or {}
+    extras = (conn.extra_dejson if extras is None else extras) or {}
     values = dict(DEFAULTS)
     for key in DEFAULTS:
         found = _extra(extras, key)

@@ -1,4 +1,4 @@
-"""Operators for Canvas Data 2 tables: list them, read their schema.
+"""Operators for Canvas Data 2 tables: list them, read their schema, query and download them.
 
 They are thin: all HTTP goes through :class:`~airflow_provider_instructure.hooks.instructure.InstructureHook`.
 """
@@ -8,15 +8,29 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import tempfile
+import time
 from collections.abc import Sequence
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_instructure._compat import BaseOperator, Context
-from airflow_provider_instructure.exceptions import InstructureConfigError
+from airflow_provider_instructure._compat import BaseOperator, Context, conf
+from airflow_provider_instructure.assets import emit_table_event, with_alias
+from airflow_provider_instructure.exceptions import (
+    DapJobFailed,
+    DapJobTimeout,
+    DapNotFoundError,
+    DapOutOfRangeError,
+    DapSnapshotRequiredError,
+    InstructureConfigError,
+    InstructureError,
+)
+from airflow_provider_instructure.fileio import write_atomically
+from airflow_provider_instructure.hooks.dap_protocol import JobStatus, build_query
 from airflow_provider_instructure.hooks.instructure import InstructureHook
+from airflow_provider_instructure.operators.file_watermark import read_watermark, table_dir, write_watermark
+from airflow_provider_instructure.triggers.cd2 import CD2JobTrigger
 
 
 def _patterns(value: str | Sequence[str] | None, name: str) -> list[str]:
@@ -131,16 +145,345 @@ class GetCD2TableSchemaOperator(_InstructureOperator):
         return schema
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# -- queries -------------------------------------------------------------------------------------
+
+#: task_state_store key that carries a started job across retries of the same task instance.
+JOB_STATE_KEY = "instructure_cd2_job"
+
+
+def job_metadata(job: dict[str, Any], namespace: str, table: str, fmt: str, mode: str | None) -> dict[str, Any]:
+    """The XCom form of a complete job: what downstream tasks need, no secrets."""
+    meta: dict[str, Any] = {
+        "job_id": job["id"],
+        "namespace": namespace,
+        "table": table,
+        "format": fmt,
+        "mode": mode,
+        "schema_version": job.get("schema_version"),
+        "objects": [o["id"] if isinstance(o, dict) else str(o) for o in job.get("objects") or []],
+        "expires_at": job.get("expires_at"),
+    }
+    if job.get("since") is not None:
+        meta.update(kind="incremental", since=job["since"], until=job.get("until"), watermark=job.get("until"))
+    else:
+        meta.update(kind="snapshot", at=job.get("at"), watermark=job.get("at"))
+    return meta
+
+
+class CD2QueryOperator(_InstructureOperator):
+    """Run a snapshot or incremental query job on a CD2 table and return the job's metadata.
+
+    The job starts on a worker; its status is checked once, then the task waits by deferring
+    to :class:`~airflow_provider_instructure.triggers.cd2.CD2JobTrigger` (the worker slot is
+    free meanwhile) or, when not deferrable, by polling. The job id is remembered in the task
+    instance's state store (Airflow 3.3+), so a retry of the same task instance resumes the same
+    job instead of starting a new one.
+
+    Returned to XCom: ``job_id``, ``namespace``, ``table``, ``kind`` (``snapshot`` or
+    ``incremental``), ``at`` or ``since``/``until``, ``watermark`` (the next ``since``),
+    ``schema_version``, ``objects`` (ids), ``format``, ``mode``, ``expires_at``.
+
+    :param table: table name.
+    :param namespace: DAP namespace.
+    :param format: ``jsonl`` (default), ``tsv``, ``csv`` or ``parquet``.
+    :param mode: ``expanded`` or ``condensed`` (DAP's default when None).
+    :param since: start of an incremental window (aware datetime or ISO-8601 with zone); a
+        snapshot when None.
+    :param until: end of the window (DAP's latest commit when None).
+    :param snapshot_fallback: when DAP answers ``SnapshotRequiredError``/``OutOfRangeError`` to an
+        incremental query, take a snapshot instead (``kind`` says so) rather than fail.
+    :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
+    :param poll_interval: seconds between job status checks.
+    :param job_timeout: seconds to wait for the job before failing (None: no limit).
+    :param instructure_conn_id: the ``instructure`` connection.
+    """
+
+    template_fields: Sequence[str] = ("table", "namespace", "format", "mode", "since", "until")
+
+    def __init__(
+        self,
+        *,
+        table: str,
+        namespace: str | None = "canvas",
+        format: str = "jsonl",
+        mode: str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        snapshot_fallback: bool = True,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poll_interval: float = 30.0,
+        job_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.table = table
+        self.namespace = namespace
+        self.format = format
+        self.mode = mode
+        self.since = since
+        self.until = until
+        self.snapshot_fallback = snapshot_fallback
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.job_timeout = job_timeout
+
+    # -- the query --------------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> Any:
+        return self._run_query(context, self._since(context))
+
+    def _since(self, context: Context) -> datetime | str | None:
+        """The incremental start; subclasses may look it up (e.g. a stored watermark)."""
+        return _blank_to_none(self.since)
+
+    def _request(self, since: datetime | str | None) -> dict[str, Any]:
+        namespace = self.namespace or self.hook.settings.namespace
+        try:
+            body = build_query(self.format, self.mode, since, _blank_to_none(self.until))
+        except ValueError as exc:
+            raise InstructureConfigError(f"Task {self.task_id!r}: {exc}") from None
+        return {"namespace": namespace, "table": self.table, **body}
+
+    def _run_query(self, context: Context, since: datetime | str | None) -> Any:
+        request = self._request(since)
+        job, request = self._start_or_resume(context, request)
+        status = JobStatus.of(job)
+        if status.is_terminal:
+            return self._complete(context, job, request)
+        if self.deferrable:
+            end_time = None if self.job_timeout is None else time.time() + self.job_timeout
+            self.log.info("Job %s is %s; deferring (poll every %.0f s)", job["id"], status.value, self.poll_interval)
+            self.defer(
+                trigger=CD2JobTrigger(
+                    job_id=job["id"],
+                    instructure_conn_id=self.instructure_conn_id,
+                    poll_interval=self.poll_interval,
+                    end_time=end_time,
+                ),
+                method_name="execute_complete",
+                kwargs={"request": request},
+            )
+        job = self.hook.wait_for_job(job["id"], poll_interval=self.poll_interval, timeout=self.job_timeout)
+        return self._complete(context, job, request)
+
+    def execute_complete(self, context: Context, event: dict[str, Any], request: dict[str, Any]) -> Any:
+        """Resume after the trigger: turn its event into a result or an error."""
+        status = event.get("status")
+        if status == "complete":
+            return self._complete(context, event["job"], request)
+        if status == "failed":
+            _JobMemory(context, self.log).forget()
+            raise DapJobFailed(event["job_id"], (event.get("job") or {}).get("error"))
+        if status == "timeout":
+            raise DapJobTimeout(event.get("message", "DAP job timed out"))
+        # An error while waiting: fail this try; the retry resumes the same job id.
+        raise InstructureError(f"Waiting for DAP job {event.get('job_id')} failed: {event.get('message')}")
+
+    def _start_or_resume(self, context: Context, request: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        memory = _JobMemory(context, self.log)
+        saved = memory.recall()
+        if isinstance(saved, dict) and saved.get("request") == request:
+            try:
+                job = self.hook.get_job(saved["job_id"])
+            except DapNotFoundError:
+                self.log.info("Job %s from an earlier try has expired; starting a new one", saved["job_id"])
+            else:
+                if JobStatus.of(job) is not JobStatus.FAILED:
+                    self.log.info("Resuming job %s started by an earlier try of this task", saved["job_id"])
+                    return job, {**request, **saved.get("effective", {})}
+        effective: dict[str, Any] = {}
+        query = {k: v for k, v in request.items() if k in ("format", "mode", "since", "until")}
+        try:
+            job = self.hook.start_query(self.table, request["namespace"], **query)
+        except (DapSnapshotRequiredError, DapOutOfRangeError) as exc:
+            if "since" not in request or not self.snapshot_fallback:
+                raise
+            self.log.warning(
+                "DAP cannot serve %s.%s since %s (%s); taking a new snapshot instead",
+                request["namespace"],
+                self.table,
+                request["since"],
+                exc.error_type,
+            )
+            effective = {"fallback_reason": exc.error_type or type(exc).__name__}
+            job = self.hook.start_query(
+                self.table, request["namespace"], format=request["format"], mode=request.get("mode")
+            )
+        memory.remember({"job_id": job["id"], "request": request, "effective": effective})
+        return job, {**request, **effective}
+
+    def _complete(self, context: Context, job: dict[str, Any], request: dict[str, Any]) -> Any:
+        if JobStatus.of(job) is JobStatus.FAILED:
+            _JobMemory(context, self.log).forget()
+            raise DapJobFailed(job["id"], job.get("error"))
+        meta = job_metadata(job, request["namespace"], self.table, request["format"], request.get("mode"))
+        if request.get("fallback_reason"):
+            meta["fallback_reason"] = request["fallback_reason"]
+        self.log.info(
+            "Job %s complete: %s of %s.%s, %d object(s), schema version %s, watermark %s",
+            meta["job_id"],
+            meta["kind"],
+            meta["namespace"],
+            meta["table"],
+            len(meta["objects"]),
+            meta["schema_version"],
+            meta["watermark"],
+        )
+        result = self.process_job(context, meta)
+        _JobMemory(context, self.log).forget()
+        return result
+
+    def process_job(self, context: Context, meta: dict[str, Any]) -> Any:
+        """What to do with a complete job; the query operator just returns its metadata."""
+        return meta
+
+
+def _blank_to_none(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+class _JobMemory:
+    """The started job id in the task instance's state store (Airflow 3.3+), across retries.
+
+    Without a store (older Airflow, ``execute()`` called directly) a retry simply asks DAP
+    again; DAP returns the same job for an identical query while its data is unchanged.
+    """
+
+    def __init__(self, context: Context, log: Any) -> None:
+        self._store = context.get("task_state_store") if hasattr(context, "get") else None
+        self._log = log
+
+    def recall(self) -> Any:
+        if self._store is None:
+            return None
+        try:
+            return self._store.get(JOB_STATE_KEY)
+        except Exception as exc:
+            self._log.warning("Could not read the task state store (%s); not resuming an earlier job", exc)
+            return None
+
+    def remember(self, value: dict[str, Any]) -> None:
+        if self._store is None:
+            return
+        try:
+            self._store.set(JOB_STATE_KEY, value)
+        except Exception as exc:
+            self._log.warning("Could not save job %s in the task state store (%s)", value.get("job_id"), exc)
+
+    def forget(self) -> None:
+        if self._store is None:
+            return
+        try:
+            self._store.delete(JOB_STATE_KEY)
+        except Exception as exc:
+            self._log.warning("Could not clear the task state store (%s)", exc)
+
+
+# -- downloads -------------------------------------------------------------------------------------
+
+
+class CD2DownloadOperator(CD2QueryOperator):
+    """Download every result file of a CD2 query job.
+
+    Either give ``job`` (the XCom of a :class:`CD2QueryOperator`) or ``table`` (plus the query
+    arguments), in which case this task runs the query itself (deferring while it runs).
+    Files go to ``<target>/<namespace>/<table>/job_<job id>/``; ``target`` is a local directory
+    or an ``ObjectStoragePath`` (``s3://``, ``gs://``, ``abfs://``... through their providers).
+
+    With ``incremental=True`` the task continues from the watermark of the last successful
+    download of the same table (``<target>/<namespace>/<table>/_cd2_watermark.json``; a snapshot
+    when there is none, or when DAP requires a new one) and records the new watermark once every
+    file is in place.
+
+    Returned to XCom: the job metadata plus ``target`` (the job directory), ``files`` (per file
+    ``object_id``, ``path``, ``size``, ``rows``), ``file_count``, ``bytes`` and ``rows``. An Asset
+    event for ``instructure://<namespace>/<table>`` carries the watermark and schema version.
+
+    :param job: a complete job's metadata (from ``CD2QueryOperator``), e.g. ``query.output``.
+    :param table: run the query here instead (mutually exclusive with ``job``).
+    :param target: where to write.
+    :param incremental: continue from the stored watermark (requires ``table``).
+    :param concurrency: parallel downloads.
+    :param decompress: gunzip TSV/CSV/JSONL on the fly.
+    :param kwargs: the query arguments of :class:`CD2QueryOperator` (``namespace``, ``format``...).
+    """
+
+    template_fields: Sequence[str] = (*CD2QueryOperator.template_fields, "job", "target")
+
+    def __init__(
+        self,
+        *,
+        target: Any,
+        job: dict[str, Any] | None = None,
+        table: str | None = None,
+        incremental: bool = False,
+        concurrency: int = 4,
+        decompress: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if (job is None) == (table is None):
+            raise InstructureConfigError("CD2DownloadOperator needs exactly one of job= (a query's XCom) or table=")
+        if incremental and table is None:
+            raise InstructureConfigError("incremental=True needs table= (the task then runs the query itself)")
+        kwargs["outlets"] = with_alias(kwargs.get("outlets"))
+        super().__init__(table=table or "", **kwargs)
+        self.job = job
+        self.target = target
+        self.incremental = incremental
+        self.concurrency = concurrency
+        self.decompress = decompress
+
+    def execute(self, context: Context) -> Any:
+        if self.job is not None:
+            meta = self.job
+            if not isinstance(meta, dict) or "job_id" not in meta or "objects" not in meta:
+                raise InstructureConfigError(
+                    f"job= must be the XCom of a CD2QueryOperator (a dict with job_id and objects), got {meta!r}"
+                )
+            return self.process_job(context, dict(meta))
+        return super().execute(context)
+
+    def _since(self, context: Context) -> datetime | str | None:
+        if not self.incremental:
+            return super()._since(context)
+        namespace = self.namespace or self.hook.settings.namespace
+        state = read_watermark(self.target, namespace, self.table)
+        if state is None:
+            self.log.info("No earlier download of %s.%s in %s: taking a snapshot", namespace, self.table, self.target)
+            return None
+        self.log.info(
+            "Continuing %s.%s from watermark %s (job %s)", namespace, self.table, state["watermark"], state["job_id"]
+        )
+        return state["watermark"]
+
+    def process_job(self, context: Context, meta: dict[str, Any]) -> dict[str, Any]:
+        directory = table_dir(self.target, meta["namespace"], meta["table"]) / f"job_{meta['job_id']}"
+        files = self.hook.download_objects(
+            meta["objects"], directory, concurrency=self.concurrency, decompress=self.decompress
+        )
+        rows = [f["rows"] for f in files]
+        result = {
+            **meta,
+            "target": str(directory),
+            "files": files,
+            "file_count": len(files),
+            "bytes": sum(f["size"] for f in files),
+            "rows": sum(rows) if files and all(r is not None for r in rows) else None,
+        }
+        if self.incremental:
+            write_watermark(self.target, meta["namespace"], meta["table"], meta, files)
+        emit_table_event(
+            context,
+            self.outlets,
+            meta["namespace"],
+            meta["table"],
+            {
+                "watermark": meta["watermark"],
+                "schema_version": meta["schema_version"],
+                "kind": meta["kind"],
+                "job_id": meta["job_id"],
+                "rows": result["rows"],
+                "destination": result["target"],
+            },
+        )
+        return result

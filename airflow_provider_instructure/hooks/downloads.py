@@ -1,0 +1,271 @@
+"""Stream a job's result objects from their pre-signed URLs to local disk or object storage.
+
+Every part is downloaded (never just the first), in bounded parallel, in 1 MiB chunks (never
+a whole file in memory), to a temporary name that is renamed into place only once the file
+is complete. Pre-signed URLs are fetched in batches just before use and fetched again when
+they expire (403) or grow old; truncated transfers are retried.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import requests
+from tenacity import Retrying
+
+from airflow_provider_instructure.exceptions import DapDownloadError, DapServerError, InstructureConfigError
+from airflow_provider_instructure.hooks.dap_protocol import map_error
+from airflow_provider_instructure.hooks.retry import RetryPolicy
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class DownloadedFile:
+    """One result part on its final path.
+
+    :param object_id: the DAP object id.
+    :param path: where it was written (local path or object-storage URI).
+    :param size: bytes written.
+    :param rows: data rows in it, when cheap to know (TSV, JSONL, Parquet), else ``None``.
+    """
+
+    object_id: str
+    path: str
+    size: int
+    rows: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class UrlExpired(DapDownloadError):
+    """The pre-signed URL was refused (403): it expired or its signature no longer holds."""
+
+
+class Truncated(DapDownloadError):
+    """The transfer ended before the announced length or before the end of the gzip stream."""
+
+
+def file_format(object_id: str) -> str:
+    name = object_id.lower()
+    for suffix, fmt in ((".tsv", "tsv"), (".csv", "csv"), (".json", "jsonl"), (".jsonl", "jsonl")):
+        if name.endswith(suffix + ".gz") or name.endswith(suffix):
+            return fmt
+    if name.endswith(".parquet"):
+        return "parquet"
+    return "unknown"
+
+
+def safe_name(object_id: str) -> str:
+    """The local file name for an object: its last path segment, refusing anything that escapes."""
+    name = PurePosixPath(object_id).name
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
+        raise DapDownloadError(f"refusing to write object {object_id!r}: its name is not a plain file name")
+    return name
+
+
+class _Sink:
+    """Where one file goes: a local path (atomic rename) or an ObjectStoragePath."""
+
+    def __init__(self, target: Any) -> None:
+        self.remote = not isinstance(target, (str, os.PathLike)) and hasattr(target, "fs")
+        if not self.remote:
+            self.root: Any = Path(target)
+            self.root.mkdir(parents=True, exist_ok=True)
+        else:
+            self.root = target
+            self.root.mkdir(parents=True, exist_ok=True)
+
+    def temp(self, name: str) -> Any:
+        return self.root / f".{name}.part"
+
+    def final(self, name: str) -> Any:
+        return self.root / name
+
+    def open(self, path: Any) -> Any:
+        return open(path, "wb") if not self.remote else path.open("wb")
+
+    def commit(self, temp: Any, final: Any) -> None:
+        if self.remote:
+            temp.rename(final)
+        else:
+            os.replace(temp, final)
+
+    def discard(self, temp: Any) -> None:
+        try:
+            if self.remote:
+                if temp.exists():
+                    temp.unlink()
+            else:
+                Path(temp).unlink(missing_ok=True)
+        except OSError:
+            pass
+
+    def uri(self, final: Any) -> str:
+        return str(final)
+
+
+class ObjectDownloader:
+    """Downloads a set of objects with bounded concurrency.
+
+    :param fetch_urls: maps object ids to fresh pre-signed URLs (one batched API call).
+    :param session: a plain session (pre-signed URLs need no Authorization header).
+    :param retry: the retry policy (transport errors, 5xx, truncation and expiry are retried).
+    :param concurrency: parallel downloads.
+    :param decompress: gunzip text formats on the fly (the ``.gz`` suffix is dropped).
+    :param url_batch: object ids per URL request.
+    :param url_max_age: seconds after which a cached URL is fetched again before use.
+    :param timeout: ``(connect, read)`` timeouts per request.
+    :param log: logger.
+    """
+
+    def __init__(
+        self,
+        fetch_urls: Callable[[list[str]], dict[str, str]],
+        session: requests.Session,
+        retry: RetryPolicy,
+        *,
+        concurrency: int = 4,
+        decompress: bool = False,
+        url_batch: int = 100,
+        url_max_age: float = 600.0,
+        timeout: tuple[float, float] = (10.0, 300.0),
+        log: Any,
+    ) -> None:
+        if concurrency < 1:
+            raise InstructureConfigError(f"concurrency must be at least 1, got {concurrency}")
+        self._fetch_urls = fetch_urls
+        self._session = session
+        self._retry = retry
+        self._concurrency = concurrency
+        self._decompress = decompress
+        self._url_batch = max(1, url_batch)
+        self._url_max_age = url_max_age
+        self._timeout = timeout
+        self._log = log
+        self._lock = threading.Lock()
+        self._urls: dict[str, tuple[str, float]] = {}
+        self._pending: list[str] = []
+
+    def download(self, object_ids: Sequence[str], target: Any) -> list[DownloadedFile]:
+        """Download every object into ``target`` (a directory); returns them in input order."""
+        sink = _Sink(target)
+        names = [safe_name(oid) for oid in object_ids]
+        if len(set(names)) != len(names):
+            raise DapDownloadError("two result objects share a file name; refusing to overwrite one with another")
+        self._pending = list(object_ids)
+        if not object_ids:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self._concurrency, len(object_ids))) as pool:
+            futures = [pool.submit(self._one, oid, sink) for oid in object_ids]
+            return [f.result() for f in futures]
+
+    # -- URLs ---------------------------------------------------------------------------------
+
+    def _url(self, object_id: str, refresh: bool = False) -> str:
+        with self._lock:
+            cached = self._urls.get(object_id)
+            if cached and not refresh and time.monotonic() - cached[1] < self._url_max_age:
+                return cached[0]
+            # Fetch this id plus the next ones still waiting, so N objects cost ~N/batch calls,
+            # yet each URL is fetched shortly before it is used.
+            waiting = [oid for oid in self._pending if oid != object_id and oid not in self._urls]
+            batch = [object_id, *waiting[: self._url_batch - 1]]
+            urls = self._fetch_urls(batch)
+            now = time.monotonic()
+            for oid, url in urls.items():
+                self._urls[oid] = (url, now)
+            if object_id not in urls:
+                raise DapDownloadError(f"DAP returned no URL for object {object_id!r}")
+            return urls[object_id]
+
+    # -- one object -----------------------------------------------------------------------------
+
+    def _one(self, object_id: str, sink: _Sink) -> DownloadedFile:
+        fmt = file_format(object_id)
+        name = safe_name(object_id)
+        gunzip = self._decompress and name.endswith(".gz")
+        if self._decompress and fmt == "parquet":
+            raise InstructureConfigError("decompress=True does not apply to parquet results (they are not gzip files)")
+        final_name = name[: -len(".gz")] if gunzip else name
+        refresh = False
+        kwargs = self._retry.tenacity_kwargs(f"Download of {object_id}")
+        for attempt in Retrying(**kwargs):
+            with attempt:
+                url = self._url(object_id, refresh=refresh)
+                refresh = False
+                try:
+                    return self._transfer(object_id, url, sink, final_name, fmt, gunzip)
+                except UrlExpired:
+                    refresh = True
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _transfer(
+        self, object_id: str, url: str, sink: _Sink, final_name: str, fmt: str, gunzip: bool
+    ) -> DownloadedFile:
+        temp = sink.temp(final_name)
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if fmt in ("tsv", "jsonl", "csv") else None
+        newlines = 0
+        written = 0
+        received = 0
+        try:
+            with self._session.get(url, stream=True, timeout=self._timeout) as response:
+                if response.status_code == 403:
+                    raise UrlExpired(f"the pre-signed URL of {object_id} was refused (HTTP 403); fetching a new one")
+                if response.status_code >= 400:
+                    error = map_error(response.status_code, response.headers.get("Content-Type"), response.text[:2000])
+                    if isinstance(error, DapServerError) or response.status_code == 429:
+                        raise error
+                    raise DapDownloadError(f"download of {object_id} failed with HTTP {response.status_code}")
+                expected = response.headers.get("Content-Length")
+                with sink.open(temp) as out:
+                    for chunk in response.iter_content(CHUNK):
+                        received += len(chunk)
+                        data = chunk
+                        if inflater is not None:
+                            plain = inflater.decompress(chunk)
+                            newlines += plain.count(b"\n")
+                            if gunzip:
+                                data = plain
+                        if data:
+                            out.write(data)
+                            written += len(data)
+                    if inflater is not None and gunzip:
+                        tail = inflater.flush()
+                        out.write(tail)
+                        written += len(tail)
+            if expected is not None and received != int(expected):
+                raise Truncated(f"download of {object_id} ended after {received} of {expected} bytes")
+            if inflater is not None and not inflater.eof:
+                raise Truncated(f"download of {object_id} ended before the end of its gzip stream")
+            sink.commit(temp, sink.final(final_name))
+        except BaseException:
+            sink.discard(temp)
+            raise
+        rows = _row_count(fmt, newlines, sink, final_name)
+        self._log.info("Downloaded %s (%d bytes%s)", final_name, written, f", {rows} rows" if rows is not None else "")
+        return DownloadedFile(object_id, sink.uri(sink.final(final_name)), written, rows)
+
+
+def _row_count(fmt: str, newlines: int, sink: _Sink, final_name: str) -> int | None:
+    if fmt == "tsv":
+        return max(0, newlines - 1)  # TSV escapes newlines inside values; the first line is the header
+    if fmt == "jsonl":
+        return newlines
+    if fmt == "parquet" and not sink.remote:
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            return None
+        return pq.ParquetFile(sink.final(final_name)).metadata.num_rows
+    return None  # CSV may quote newlines: counting them would lie
