@@ -176,6 +176,9 @@ class ObjectDownloader:
             cached = self._urls.get(object_id)
             if cached and not refresh and time.monotonic() - cached[1] < self._url_max_age:
                 return cached[0]
+            if refresh and cached:
+                # URLs fetched together expire together: drop the refused one's whole batch.
+                self._urls = {oid: entry for oid, entry in self._urls.items() if entry[1] > cached[1]}
             # Fetch this id plus the next ones still waiting, so N objects cost ~N/batch calls,
             # yet each URL is fetched shortly before it is used.
             waiting = [oid for oid in self._pending if oid != object_id and oid not in self._urls]
@@ -187,6 +190,11 @@ class ObjectDownloader:
             if object_id not in urls:
                 raise DapDownloadError(f"DAP returned no URL for object {object_id!r}")
             return urls[object_id]
+
+    def _done(self, object_id: str) -> None:
+        with self._lock:
+            self._pending.remove(object_id)
+            self._urls.pop(object_id, None)
 
     # -- one object -----------------------------------------------------------------------------
 
@@ -204,10 +212,12 @@ class ObjectDownloader:
                 url = self._url(object_id, refresh=refresh)
                 refresh = False
                 try:
-                    return self._transfer(object_id, url, sink, final_name, fmt, gunzip)
+                    done = self._transfer(object_id, url, sink, final_name, fmt, gunzip)
                 except UrlExpired:
                     refresh = True
                     raise
+                self._done(object_id)
+                return done
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _transfer(

@@ -1,0 +1,138 @@
+"""CD2JobTrigger against the emulator: async end to end, one event, one login across polls and triggers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from airflow_provider_instructure.emulator import Emulator, EmulatorConfig
+from airflow_provider_instructure.emulator.server import EmulatorServer
+from airflow_provider_instructure.hooks.instructure import InstructureHook
+from airflow_provider_instructure.triggers.cd2 import CD2JobTrigger
+
+
+@pytest.fixture
+def slow_server(dap_emulator_factory, monkeypatch: pytest.MonkeyPatch) -> EmulatorServer:
+    """Jobs advance one state per poll: waiting, running (x N), complete."""
+    srv = dap_emulator_factory(emulator=Emulator(EmulatorConfig(job_progress="polls"), rows=10))
+    monkeypatch.setenv("AIRFLOW_CONN_INSTRUCTURE_DEFAULT", srv.connection_json())
+    return srv
+
+
+def events(trigger: CD2JobTrigger) -> list:
+    async def collect() -> list:
+        return [event async for event in trigger.run()]
+
+    return asyncio.run(collect())
+
+
+def test_serialize_round_trip() -> None:
+    trigger = CD2JobTrigger("job-1", "my_conn", poll_interval=7, end_time=1234.5, hook_params={"timeout": 5})
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "airflow_provider_instructure.triggers.cd2.CD2JobTrigger"
+    module, _, name = classpath.rpartition(".")
+    rebuilt = getattr(__import__(module, fromlist=[name]), name)(**kwargs)
+    assert rebuilt.serialize() == (classpath, kwargs)
+    assert kwargs == {
+        "job_id": "job-1",
+        "instructure_conn_id": "my_conn",
+        "poll_interval": 7.0,
+        "end_time": 1234.5,
+        "hook_params": {"timeout": 5},
+    }
+    assert "token" not in repr(kwargs).lower() and "password" not in repr(kwargs).lower()
+
+
+def test_complete_event_after_many_polls_with_one_login(slow_server: EmulatorServer) -> None:
+    job = InstructureHook().start_query("users")  # the worker's own login
+    slow_server.emulator.stats.reset()
+    result = events(CD2JobTrigger(job["id"], poll_interval=0.01))
+    assert len(result) == 1
+    payload = result[0].payload
+    assert payload["status"] == "complete" and payload["job_id"] == job["id"]
+    assert payload["job"]["objects"] and payload["job"]["schema_version"] == 1
+    assert slow_server.emulator.stats.count("get_job") >= 2
+    assert slow_server.emulator.stats.count("login") == 1
+
+
+def test_failed_event(slow_server: EmulatorServer) -> None:
+    slow_server.emulator.faults.inject("create_job", "fail_job")
+    job = InstructureHook().start_query("users")
+    (event,) = events(CD2JobTrigger(job["id"], poll_interval=0.01))
+    assert event.payload["status"] == "failed"
+    assert job["id"] in event.payload["message"] and event.payload["job"]["error"]["uuid"] in event.payload["message"]
+
+
+def test_timeout_event(dap_emulator_factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    srv = dap_emulator_factory(emulator=Emulator(EmulatorConfig(job_running_seconds=60), rows=5))
+    monkeypatch.setenv("AIRFLOW_CONN_INSTRUCTURE_DEFAULT", srv.connection_json())
+    job = InstructureHook().start_query("users")
+    started = time.monotonic()
+    (event,) = events(CD2JobTrigger(job["id"], poll_interval=0.2, end_time=time.time() + 0.5))
+    assert event.payload["status"] == "timeout" and "still running" in event.payload["message"]
+    assert time.monotonic() - started < 3
+
+
+def test_error_event_for_unknown_job(slow_server: EmulatorServer) -> None:
+    (event,) = events(CD2JobTrigger("no-such-job", poll_interval=0.01))
+    assert event.payload["status"] == "error" and "404" in event.payload["message"]
+
+
+def test_transient_errors_while_polling_are_retried(slow_server: EmulatorServer) -> None:
+    job = InstructureHook().start_query("users")
+    slow_server.emulator.faults.inject("get_job", "503", count=2)
+    slow_server.emulator.faults.inject("get_job", "drop", count=1)
+    (event,) = events(CD2JobTrigger(job["id"], poll_interval=0.01, hook_params={"retry_delay": 0.01}))
+    assert event.payload["status"] == "complete"
+
+
+def test_revoked_token_relogs_in_once(slow_server: EmulatorServer) -> None:
+    job = InstructureHook().start_query("users")
+    slow_server.emulator.stats.reset()
+    slow_server.emulator.faults.inject("get_job", "revoke_token")
+    (event,) = events(CD2JobTrigger(job["id"], poll_interval=0.01))
+    assert event.payload["status"] == "complete"
+    assert slow_server.emulator.stats.count("login") == 2
+
+
+def test_hundred_triggers_share_one_login(slow_server: EmulatorServer) -> None:
+    hook = InstructureHook()
+    jobs = [hook.start_query(table)["id"] for table in ("users", "courses", "accounts", "scores")]
+    slow_server.emulator.stats.reset()
+
+    async def all_of_them() -> list:
+        async def one(job_id: str) -> list:
+            return [e async for e in CD2JobTrigger(job_id, poll_interval=0.01).run()]
+
+        return await asyncio.gather(*(one(jobs[i % len(jobs)]) for i in range(100)))
+
+    results = asyncio.run(all_of_them())
+    assert all(len(r) == 1 and r[0].payload["status"] == "complete" for r in results)
+    assert slow_server.emulator.stats.count("login") == 1
+
+
+def test_run_does_not_block_the_event_loop(slow_server: EmulatorServer) -> None:
+    """While a trigger polls, other coroutines keep running (no blocking call inside run())."""
+    job = InstructureHook().start_query("users")
+
+    async def main() -> tuple[list, int]:
+        ticks = 0
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await asyncio.sleep(0.005)
+
+        task = asyncio.create_task(ticker())
+        result = [e async for e in CD2JobTrigger(job["id"], poll_interval=0.05).run()]
+        done.set()
+        await task
+        return result, ticks
+
+    result, ticks = asyncio.run(main())
+    assert result[0].payload["status"] == "complete"
+    assert ticks >= 5
