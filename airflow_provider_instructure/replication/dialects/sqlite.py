@@ -1,0 +1,344 @@
+"""SQLite target (the embedded default of the demo; ``SqliteHook(...).get_conn()``).
+
+SQLite has no bulk loader, so parts are parsed (:func:`~..tsv.iter_rows`) and inserted with
+``executemany`` in batches. Values are converted by column kind: integers and floats to
+numbers, booleans to 0/1, timestamps to fixed-width ISO-8601 UTC text
+(``2024-01-01T10:00:00.500000+00:00``, which sorts chronologically), everything else is kept
+as the text DAP sent (decimals included, so no digit is lost).
+
+Atomicity: DDL is transactional in SQLite, so each sync is one ``BEGIN IMMEDIATE ...
+COMMIT``. A snapshot builds ``<table>__dap_new`` beside the live table, then drops the live
+table and renames the new one in that transaction (with ``legacy_alter_table`` on, so views
+that name the table keep pointing at the name). Readers keep seeing the last committed
+state until the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from itertools import islice
+from typing import Any
+
+from airflow_provider_instructure.dap_schema import Column, ColumnType, TableSchema
+from airflow_provider_instructure.replication.dialects.base import (
+    NEW_SUFFIX,
+    Dialect,
+    LiveColumn,
+    LoadCounts,
+    LoadJob,
+    Target,
+)
+from airflow_provider_instructure.replication.errors import ReplicationConfigError, ReplicationError, TsvFormatError
+from airflow_provider_instructure.replication.schema_changes import SchemaChange
+from airflow_provider_instructure.replication.tsv import META_ACTION, Part, iter_rows
+from airflow_provider_instructure.replication.types import sql_type
+
+BATCH_ROWS = 5000
+STAGE = "dap_stage"
+
+
+def sqlite_timestamp(text: str) -> str:
+    """``2024-01-01T10:00:00.5Z`` -> ``2024-01-01T10:00:00.500000+00:00``."""
+    if len(text) >= 20 and text[10] == "T" and text[-1] == "Z" and text[19] in ".Z":
+        fraction = text[20:-1] if text[19] == "." else ""
+        if fraction.isdigit() or not fraction:
+            return f"{text[:19]}.{fraction[:6].ljust(6, '0')}+00:00"
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _boolean(text: str) -> int:
+    if text == "true":
+        return 1
+    if text == "false":
+        return 0
+    raise TsvFormatError(f"not a boolean: {text!r}")
+
+
+def converter(typ: ColumnType) -> Callable[[str], Any] | None:
+    """How a decoded TSV field becomes the value stored in SQLite (``None``: keep the text)."""
+    if typ.kind == "integer":
+        return int
+    if typ.kind == "float":
+        return float
+    if typ.kind == "boolean":
+        return _boolean
+    if typ.kind == "timestamp":
+        return sqlite_timestamp
+    return None
+
+
+class SQLiteDialect(Dialect):
+    """SQLite 3.24+ through the standard ``sqlite3`` module."""
+
+    name = "sqlite"
+    param = "?"
+    max_identifier = 255
+    state_types = {
+        "key": "TEXT",
+        "name": "TEXT",
+        "short": "TEXT",
+        "ts": "TEXT",
+        "int": "INTEGER",
+        "long_text": "TEXT",
+    }
+
+    def __init__(self, connection: Any, log: logging.Logger) -> None:
+        super().__init__(connection, log)
+
+    def check_connection(self) -> None:
+        if not isinstance(self.conn, sqlite3.Connection):
+            kind = f"{type(self.conn).__module__}.{type(self.conn).__name__}"
+            raise ReplicationConfigError(
+                f"dialect 'sqlite' needs a sqlite3 connection (SqliteHook(...).get_conn()), got {kind}; pass the "
+                "dialect that matches the connection"
+            )
+        self.require_idle()
+
+    def in_transaction(self) -> bool:
+        return bool(self.conn.in_transaction)
+
+    def _begin(self, cur: Any) -> None:
+        cur.execute("BEGIN IMMEDIATE")
+
+    def _commit(self, cur: Any) -> None:
+        cur.execute("COMMIT")
+
+    def _rollback(self, cur: Any) -> None:
+        if self.conn.in_transaction:
+            cur.execute("ROLLBACK")
+
+    def resolve_target(self, namespace: str, table: str, target_schema: str | None, table_prefix: str | None) -> Target:
+        if table_prefix is not None:
+            name = table_prefix + table
+        elif target_schema is not None:
+            name = table
+        else:
+            name = f"{namespace}__{table}"
+        target = Target(target_schema or "main", name, namespace, table)
+        self.check_identifier(target.table, "table name")
+        return target
+
+    # -- introspection --------------------------------------------------------------------
+
+    def table_kind(self, cur: Any, schema: str, table: str) -> str | None:
+        row = self.fetch_one(cur, f"SELECT type FROM {self.quote(schema)}.sqlite_master WHERE name = ?", (table,))
+        return None if row is None else str(row[0])
+
+    def live_columns(self, cur: Any, target: Target) -> dict[str, LiveColumn]:
+        rows = self.fetch_all(cur, f"PRAGMA {self.quote(target.schema)}.table_info({self.quote(target.table)})")
+        return {r[1]: LiveColumn(r[1], r[2] or "", not r[3] and not r[5]) for r in rows}
+
+    # -- checks ---------------------------------------------------------------------------
+
+    def check_target(self, cur: Any, target: Target, *, table_exists: bool, dap_origin: bool) -> None:
+        databases = [r[1] for r in self.fetch_all(cur, "PRAGMA database_list")]
+        if target.schema not in databases:
+            raise ReplicationConfigError(
+                f"SQLite has no schemas: target_schema {target.schema!r} must name an attached database "
+                f"({', '.join(databases)}); leave it unset to use 'main' or ATTACH the database first"
+            )
+        query_only = self.fetch_one(cur, "PRAGMA query_only")
+        if query_only and query_only[0]:
+            raise ReplicationConfigError("the SQLite connection is query_only; open it writable")
+
+    def probe_writable(self, target: Target, create_state_sql: str) -> None:
+        """Create the state table (a write) so a read-only file fails here, before any load."""
+        try:
+            with self.transaction() as cur:
+                cur.execute(create_state_sql)
+        except sqlite3.OperationalError as exc:
+            raise ReplicationConfigError(f"cannot write to the SQLite database {target.schema!r}: {exc}") from exc
+
+    # -- state ----------------------------------------------------------------------------
+
+    def to_db_timestamp(self, value: datetime) -> Any:
+        return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+    def upsert_sql(self, table_sql: str, columns: list[str], keys: list[str]) -> str:
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
+        return (
+            f"INSERT INTO {table_sql} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
+        )
+
+    # -- DDL ------------------------------------------------------------------------------
+
+    def create_table_sql(
+        self,
+        target: Target,
+        table: str,
+        columns: tuple[Column, ...],
+        types: dict[str, str],
+        *,
+        primary_key: bool = True,
+    ) -> str:
+        defs = [f"{self.quote(c.name)} {types[c.name]}{' NOT NULL' if c.is_key else ''}" for c in columns]
+        if primary_key:
+            defs.append(f"PRIMARY KEY ({', '.join(self.quote(c.name) for c in columns if c.is_key)})")
+        return f"CREATE TABLE {self.qualify(target.schema, table)} ({', '.join(defs)})"
+
+    def apply_schema_change(
+        self,
+        target: Target,
+        change: SchemaChange,
+        live: dict[str, LiveColumn],
+        *,
+        dap_origin: bool,
+        schema: TableSchema,
+    ) -> list[str]:
+        statements = [
+            f"ALTER TABLE {self.qualified(target)} ADD COLUMN {self.quote(c.name)} {sql_type(c, self.name)}"
+            for c in change.added
+            if c.name not in live
+        ]
+        if statements:
+            with self.transaction() as cur:
+                for sql in statements:
+                    self.log.info("schema change on %s: %s", target.display, sql)
+                    cur.execute(sql)
+        return statements
+
+    # -- loading --------------------------------------------------------------------------
+
+    def _insert_part(self, cur: Any, table_sql: str, part: Part, *, with_action: bool, replace: bool) -> int:
+        """Insert a part's records; returns the bytes read."""
+        picks: list[int] = []
+        names: list[str] = []
+        converters: list[Callable[[str], Any] | None] = []
+        for i, f in enumerate(part.fields):
+            if f.column is None:
+                if with_action and f.label == META_ACTION:
+                    picks.append(i)
+                    names.append(f.label)
+                    converters.append(None)
+                continue
+            picks.append(i)
+            names.append(f.name)
+            converters.append(converter(f.column.type))
+        verb = "INSERT OR REPLACE" if replace else "INSERT"
+        sql = (
+            f"{verb} INTO {table_sql} ({', '.join(self.quote(n) for n in names)}) "
+            f"VALUES ({', '.join('?' * len(names))})"
+        )
+        plan = list(zip(picks, converters, strict=True))
+
+        def rows() -> Iterator[tuple[Any, ...]]:
+            for fields in iter_rows(part):
+                yield tuple(
+                    value if value is None or conv is None else conv(value)
+                    for value, conv in ((fields[i], conv) for i, conv in plan)
+                )
+
+        source = rows()
+        while batch := list(islice(source, BATCH_ROWS)):
+            cur.executemany(sql, batch)
+        return part.size if not part.compressed else _uncompressed_size(part)
+
+    def snapshot(self, job: LoadJob) -> LoadCounts:
+        t = job.target
+        build = self.side_name(t.table, NEW_SUFFIX) if job.replace_live else t.table
+        build_sql = self.qualify(t.schema, build)
+        counts = LoadCounts()
+        with self.transaction(timer=job.timer) as cur:
+            with job.timer.phase("prepare"):
+                if job.replace_live:
+                    cur.execute(f"DROP TABLE IF EXISTS {build_sql}")
+                cur.execute(self.create_table_sql(t, build, job.schema.columns, job.column_types))
+            with job.timer.phase("load"):
+                for part in job.parts:
+                    counts.bytes_loaded += self._insert_part(
+                        cur, build_sql, part, with_action=False, replace=job.dedupe
+                    )
+                row = self.fetch_one(cur, f"SELECT COUNT(*) FROM {build_sql}")
+                counts.inserted = int(row[0]) if row else 0
+            with job.timer.phase("swap"):
+                if job.replace_live:
+                    legacy = self.fetch_one(cur, "PRAGMA legacy_alter_table")
+                    # Legacy mode renames without rewriting or validating views that name the
+                    # table, so they point at the new table afterwards.
+                    cur.execute("PRAGMA legacy_alter_table = ON")
+                    try:
+                        cur.execute(f"DROP TABLE {self.qualified(t)}")
+                        cur.execute(f"ALTER TABLE {build_sql} RENAME TO {self.quote(t.table)}")
+                    finally:
+                        cur.execute(f"PRAGMA legacy_alter_table = {int(legacy[0]) if legacy else 0}")
+                job.write_state(cur)
+        return counts
+
+    def incremental(self, job: LoadJob) -> LoadCounts:
+        t = job.target
+        keys = job.key_names
+        live = job.live
+        q = self.quote
+        stage = f"temp.{q(STAGE)}"
+        fields: dict[str, bool] = {}
+        for part in job.parts:
+            for f in part.fields:
+                fields.setdefault(f.name, f.is_meta)
+        data_cols = [name for name, meta in fields.items() if not meta]
+        missing = [name for name in data_cols if name not in live]
+        if missing:
+            raise ReplicationError(
+                f"{t.display} lacks column(s) {missing} the data carries; apply the schema change first"
+            )
+        counts = LoadCounts()
+        live_sql = self.qualified(t)
+        action = q(META_ACTION)
+        with self.transaction(timer=job.timer) as cur:
+            with job.timer.phase("prepare"):
+                cur.execute(f"DROP TABLE IF EXISTS {stage}")
+                defs = [f"{action} TEXT"] + [f"{q(n)} {live[n].sql_type}" for n in data_cols]
+                defs.append(f"PRIMARY KEY ({', '.join(q(k) for k in keys)})")
+                cur.execute(f"CREATE TEMP TABLE {q(STAGE)} ({', '.join(defs)})")
+            with job.timer.phase("load"):
+                for part in job.parts:
+                    # INSERT OR REPLACE: a key repeated within the result keeps its last row.
+                    counts.bytes_loaded += self._insert_part(cur, stage, part, with_action=True, replace=True)
+            with job.timer.phase("merge"):
+                bad = self.fetch_one(
+                    cur, f"SELECT COUNT(*) FROM {stage} WHERE {action} IS NULL OR {action} NOT IN ('U', 'D')"
+                )
+                if bad and bad[0]:
+                    raise TsvFormatError(f"{bad[0]} record(s) have a meta.action other than U or D")
+                upserts = self.fetch_one(cur, f"SELECT COUNT(*) FROM {stage} WHERE {action} = 'U'")
+                present = self.fetch_one(
+                    cur,
+                    f"SELECT COUNT(*) FROM {stage} s JOIN {live_sql} t ON {self.key_match('t', 's', keys)} "
+                    f"WHERE s.{action} = 'U'",
+                )
+                key_list = ", ".join(q(k) for k in keys)
+                key_tuple = key_list if len(keys) == 1 else f"({key_list})"
+                cur.execute(
+                    f"DELETE FROM {live_sql} WHERE {key_tuple} IN (SELECT {key_list} FROM {stage} WHERE {action} = 'D')"
+                )
+                counts.deleted = cur.rowcount
+                cols = ", ".join(q(c) for c in data_cols)
+                non_keys = [c for c in data_cols if c not in keys]
+                conflict = (
+                    f"DO UPDATE SET {', '.join(f'{q(c)} = excluded.{q(c)}' for c in non_keys)}"
+                    if non_keys
+                    else "DO NOTHING"
+                )
+                # The WHERE clause is required: without it SQLite would read ON CONFLICT as a join constraint.
+                cur.execute(
+                    f"INSERT INTO {live_sql} ({cols}) SELECT {cols} FROM {stage} WHERE {action} = 'U' "
+                    f"ON CONFLICT ({key_list}) {conflict}"
+                )
+                counts.updated = int(present[0]) if present else 0
+                counts.inserted = (int(upserts[0]) if upserts else 0) - counts.updated
+                cur.execute(f"DROP TABLE {stage}")
+                job.write_state(cur)
+        return counts
+
+
+def _uncompressed_size(part: Part) -> int:
+    # The gzip trailer stores the size modulo 2**32; exact for parts under 4 GiB, good enough for a metric.
+    with open(part.path, "rb") as fh:
+        fh.seek(-4, 2)
+        return int.from_bytes(fh.read(4), "little")

@@ -1,0 +1,509 @@
+"""Replicate one DAP table into a SQL database: snapshot, then incrementals.
+
+Usage (the operator does this; here with an already-downloaded job result)::
+
+    replicator = TableReplicator(PostgresHook("warehouse").get_conn(), "postgres", "canvas", "accounts")
+    replicator.check_target()                  # clear errors before any data moves
+    state = replicator.read_state()            # None: first run
+    if state is None:
+        result = replicator.apply_snapshot(parts, versioned_schema=schema, at=job["at"], job_id=job["id"])
+    else:
+        # ask DAP for an incremental with since=state.watermark, download it, then:
+        result = replicator.apply_incremental(
+            parts, versioned_schema=schema, since=state.watermark, until=job["until"], job_id=job["id"]
+        )
+    xcom = result.to_dict()
+
+``parts`` are the job's result files: ``format: tsv``, ``mode: condensed``, gzip or not.
+``versioned_schema`` is the schema endpoint's ``{"schema": ..., "version": N}`` for the
+job's ``schema_version``.
+
+Guarantees:
+
+* The watermark is stored in the target database (:mod:`~.state`) and committed with the
+  data it describes; a failure anywhere leaves the previous consistent state, and rerunning
+  the same window gives the same result (upserts and deletes are idempotent).
+* An incremental whose window starts after the watermark (a gap) or ends before it (stale
+  data) is refused with :class:`~.errors.WatermarkError`; one that starts earlier (an
+  overlap) is applied, which is correct because every key it carries gets its latest state.
+* A schema change that cannot be applied in place raises
+  :class:`~.errors.SchemaChangeRequiresSnapshot` before anything changes; so does a missing
+  state (:class:`~.errors.SnapshotRequired`). The caller then runs a snapshot, which is
+  built beside the live table and swapped in atomically (see each dialect for how).
+* ``canvas_logs.web_logs`` may repeat a key within one result (at-least-once delivery): the
+  last occurrence wins, as in ``dap``.
+
+No Airflow, no HTTP: this package works on a DB-API connection and local files.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_instructure.dap_schema import TableSchema, parse_table_schema
+from airflow_provider_instructure.replication.dialects import dialect_class
+from airflow_provider_instructure.replication.dialects.base import NEW_SUFFIX, LoadCounts, LoadJob, PhaseTimer
+from airflow_provider_instructure.replication.dialects.mysql import MySQLDialect
+from airflow_provider_instructure.replication.errors import (
+    ReplicationConfigError,
+    SchemaChangeRequiresSnapshot,
+    SnapshotRequired,
+    WatermarkError,
+)
+from airflow_provider_instructure.replication.schema_changes import SchemaChange, diff_schemas
+from airflow_provider_instructure.replication.state import STATE_TABLE, StateStore, SyncState
+from airflow_provider_instructure.replication.tsv import Part, read_part
+from airflow_provider_instructure.replication.types import mysql_column_types, sql_type
+
+#: Tables whose results may repeat a key (upstream at-least-once delivery), as dap knows them.
+DUPLICATE_KEY_TABLES = frozenset({("canvas_logs", "web_logs")})
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What one snapshot or incremental did.
+
+    :param mode: ``snapshot`` or ``incremental``.
+    :param target: the replica, ``schema.table``.
+    :param dialect: ``postgres``, ``mysql`` or ``sqlite``.
+    :param rows_inserted: new keys (for a snapshot: every row loaded).
+    :param rows_updated: existing keys overwritten by ``U`` records.
+    :param rows_deleted: keys removed by ``D`` records (keys never seen are not counted).
+    :param watermark: the new watermark (``at`` or ``until``), aware UTC.
+    :param schema_version: schema version the replica now holds.
+    :param bytes_read: bytes of the result files as given (compressed if gzip).
+    :param bytes_loaded: uncompressed bytes handed to the database.
+    :param seconds: wall-clock seconds per phase (``prepare``, ``load``, ``index``, ``merge``,
+        ``swap``, ``commit``, ``recover``).
+    :param files: number of result parts.
+    :param job_id: the DAP job the result came from, if given.
+    :param schema_changes: in-place DDL applied before the data (``ALTER TABLE ...``).
+    :param continued_from_dap: the replica is a ``dap initdb`` table continued in place.
+    """
+
+    mode: str
+    target: str
+    dialect: str
+    rows_inserted: int
+    rows_updated: int
+    rows_deleted: int
+    watermark: datetime
+    schema_version: int
+    bytes_read: int
+    bytes_loaded: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    files: int = 0
+    job_id: str | None = None
+    schema_changes: tuple[str, ...] = ()
+    continued_from_dap: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form for XCom (timestamps as ISO-8601 strings)."""
+        return {
+            "mode": self.mode,
+            "target": self.target,
+            "dialect": self.dialect,
+            "rows_inserted": self.rows_inserted,
+            "rows_updated": self.rows_updated,
+            "rows_deleted": self.rows_deleted,
+            "watermark": self.watermark.isoformat(),
+            "schema_version": self.schema_version,
+            "bytes_read": self.bytes_read,
+            "bytes_loaded": self.bytes_loaded,
+            "seconds": {k: round(v, 6) for k, v in self.seconds.items()},
+            "files": self.files,
+            "job_id": self.job_id,
+            "schema_changes": list(self.schema_changes),
+            "continued_from_dap": self.continued_from_dap,
+        }
+
+
+def _aware(value: datetime | str, name: str) -> datetime:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        raise ValueError(f"{name} must be timezone-aware (DAP timestamps are UTC), got {value!r}")
+    return value.astimezone(timezone.utc)
+
+
+class TableReplicator:
+    """Keeps one SQL table equal to one DAP table.
+
+    :param connection: an open DB-API connection without a transaction in progress:
+        ``PostgresHook(...).get_conn()`` (psycopg or psycopg2), ``MySqlHook(...,
+        local_infile=True).get_conn()`` (mysql-connector-python or PyMySQL) or
+        ``SqliteHook(...).get_conn()`` (sqlite3). The replicator commits and rolls back on it.
+    :param dialect: ``postgres``, ``mysql`` (MySQL and MariaDB) or ``sqlite``.
+    :param namespace: DAP namespace (``canvas``, ``canvas_logs``...).
+    :param table: DAP table.
+    :param target_schema: PostgreSQL schema (default: the namespace), MySQL database (default:
+        the connection's) or SQLite attached database (default ``main``).
+    :param table_prefix: prepended to the table name. Default: none on PostgreSQL,
+        ``<namespace>__`` on MySQL and SQLite unless ``target_schema`` is given (the naming
+        ``dap`` uses on MySQL).
+    :param log: logger; ``airflow_provider_instructure.replication.replicator`` by default.
+    :raises ReplicationConfigError: for an unknown dialect, a connection of another driver,
+        a connection with a transaction in progress, or an over-long name.
+    """
+
+    def __init__(
+        self,
+        connection: Any,
+        dialect: str,
+        namespace: str,
+        table: str,
+        *,
+        target_schema: str | None = None,
+        table_prefix: str | None = None,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.log = log or logging.getLogger(__name__)
+        self.namespace = namespace
+        self.table = table
+        self._d = dialect_class(dialect)(connection, self.log)
+        self._d.check_connection()
+        self.target = self._d.resolve_target(namespace, table, target_schema, table_prefix)
+        self._store = StateStore(self._d)
+        self._checked = False
+
+    @property
+    def dialect(self) -> str:
+        return self._d.name
+
+    @property
+    def target_name(self) -> str:
+        """The replica as ``schema.table`` (PostgreSQL schema, MySQL database, SQLite alias)."""
+        return self.target.display
+
+    # -- checks and state -----------------------------------------------------------------
+
+    def check_target(self) -> None:
+        """Fail early with :class:`ReplicationConfigError` if the target cannot be used.
+
+        Checks the driver, that no transaction is open, that the schema/database exists (or
+        can be created) and is writable, the privileges needed (including ``LOCAL INFILE`` on
+        MySQL), and that an existing table of the target's name is managed by this package
+        or by ``dap initdb`` for the same DAP table. Creates the state table, which proves
+        write access. Moves no data.
+        """
+        d = self._d
+        d.check_connection()
+        t = self.target
+        with d.transaction(read_only=True) as cur:
+            kind = d.table_kind(cur, t.schema, t.table)
+            if kind not in (None, "table"):
+                raise ReplicationConfigError(
+                    f"{t.display} is a {kind}, not a table; choose another target_schema/table_prefix"
+                )
+            exists = kind == "table"
+            state = self._store.read(cur, t, table_exists=exists)
+            d.check_target(cur, t, table_exists=exists, dap_origin=state is not None and state.from_dap_cli)
+            if exists and state is None:
+                raise ReplicationConfigError(
+                    f"{t.display} exists but is not managed by this replicator (no row in {STATE_TABLE}) nor by "
+                    f"'dap initdb' (no table_sync row); refusing to overwrite it. Drop or rename it, or choose "
+                    "another target_schema/table_prefix"
+                )
+        self._ensure_state_table(probe=True)
+        self._checked = True
+
+    def read_state(self) -> SyncState | None:
+        """The target's state: our state row, else a ``dap initdb`` ``table_sync`` row
+        (``origin="dap"``), else ``None`` (first run: snapshot)."""
+        self._d.check_connection()
+        with self._d.transaction(read_only=True) as cur:
+            exists = self._d.table_kind(cur, self.target.schema, self.target.table) == "table"
+            return self._store.read(cur, self.target, table_exists=exists)
+
+    # -- snapshot -------------------------------------------------------------------------
+
+    def apply_snapshot(
+        self,
+        files: Sequence[str | PathLike[str]],
+        *,
+        versioned_schema: dict[str, Any],
+        at: datetime | str,
+        job_id: str | None = None,
+    ) -> SyncResult:
+        """Load a snapshot into a fresh table and swap it in with the new watermark ``at``.
+
+        Used for the first run, after ``SnapshotRequiredError``/``OutOfRangeError`` and for
+        schema changes that cannot be applied in place. Readers of the live table see the old
+        rows until the swap and the new ones after it.
+
+        :param files: the snapshot job's TSV parts (condensed; gzip or plain).
+        :param versioned_schema: ``{"schema": ..., "version": N}`` matching the job's schema_version.
+        :param at: the job's ``at``.
+        :param job_id: the DAP job id, recorded in the state.
+        :raises WatermarkError: if ``at`` is older than the replica's watermark.
+        """
+        at = _aware(at, "at")
+        timer = PhaseTimer()
+        self._ensure_checked()
+        schema = parse_table_schema(versioned_schema)
+        with timer.phase("prepare"):
+            parts = self._read_parts(files, schema, incremental=False)
+        previous = self._recover(timer)
+        if previous is not None and previous.table_exists and at < previous.watermark:
+            raise WatermarkError(
+                f"snapshot at {at.isoformat()} is older than the watermark {previous.watermark.isoformat()} of "
+                f"{self.target_name}; refusing to move the replica back in time",
+                watermark=previous.watermark,
+                until=at,
+            )
+        with timer.phase("prepare"):
+            self._ensure_state_table()
+            with self._d.transaction(read_only=True) as cur:
+                live_exists = self._d.table_kind(cur, self.target.schema, self.target.table) == "table"
+
+        def write_state(cur: Any, pending_swap: str | None = None) -> None:
+            self._store.write(
+                cur,
+                self.target,
+                previous=previous,
+                watermark=at,
+                versioned_schema=versioned_schema,
+                mode="snapshot",
+                job_id=job_id,
+                pending_swap=pending_swap,
+            )
+
+        job = LoadJob(
+            target=self.target,
+            schema=schema,
+            parts=parts,
+            dedupe=(self.namespace, self.table) in DUPLICATE_KEY_TABLES,
+            write_state=write_state,
+            timer=timer,
+            column_types=self._column_types(schema),
+            replace_live=live_exists,
+        )
+        self.log.info(
+            "snapshot of %s.%s into %s: %d part(s), at %s%s",
+            self.namespace,
+            self.table,
+            self.target_name,
+            len(parts),
+            at.isoformat(),
+            " (replacing the live table)" if live_exists else "",
+        )
+        counts = self._d.snapshot(job)
+        if self._d.deferred_swap:
+            with timer.phase("swap"):
+                self._finish_swap(self._d.side_name(self.target.table, NEW_SUFFIX))
+        return self._result("snapshot", counts, parts, timer, at, schema, job_id, (), continued=False)
+
+    # -- incremental ----------------------------------------------------------------------
+
+    def apply_incremental(
+        self,
+        files: Sequence[str | PathLike[str]],
+        *,
+        versioned_schema: dict[str, Any],
+        since: datetime | str,
+        until: datetime | str,
+        job_id: str | None = None,
+    ) -> SyncResult:
+        """Apply an incremental result: upserts (``U``) and hard deletes (``D``), then advance
+        the watermark to ``until``, in one transaction.
+
+        Additive schema changes (new nullable column, new enum member, a column becoming
+        nullable) are applied in place first.
+
+        :param files: the incremental job's TSV parts (condensed; gzip or plain).
+        :param versioned_schema: ``{"schema": ..., "version": N}`` matching the job's schema_version.
+        :param since: the job's ``since`` (normally the stored watermark).
+        :param until: the job's ``until``: the new watermark.
+        :param job_id: the DAP job id, recorded in the state.
+        :raises SnapshotRequired: no state, or the state's table is gone.
+        :raises SchemaChangeRequiresSnapshot: the schema changed in a way that needs a snapshot.
+        :raises WatermarkError: the window leaves a gap after the watermark, or ends before it.
+        """
+        since = _aware(since, "since")
+        until = _aware(until, "until")
+        if until < since:
+            raise ValueError(f"until {until.isoformat()} is before since {since.isoformat()}")
+        timer = PhaseTimer()
+        self._ensure_checked()
+        schema = parse_table_schema(versioned_schema)
+        with timer.phase("prepare"):
+            parts = self._read_parts(files, schema, incremental=True)
+        state = self._recover(timer)
+        t = self.target
+        if state is None:
+            raise SnapshotRequired(f"{self.target_name} has no replication state; load a snapshot first")
+        if not state.table_exists:
+            raise SnapshotRequired(f"{self.target_name} has a state row but the table is missing; load a snapshot")
+        if since > state.watermark:
+            raise WatermarkError(
+                f"the incremental starts at {since.isoformat()}, after the watermark {state.watermark.isoformat()} of "
+                f"{self.target_name}: changes in between would be lost; query with since={state.watermark.isoformat()}",
+                watermark=state.watermark,
+                since=since,
+                until=until,
+            )
+        if until < state.watermark:
+            raise WatermarkError(
+                f"the incremental ends at {until.isoformat()}, before the watermark {state.watermark.isoformat()} of "
+                f"{self.target_name}: applying it would bring back older values",
+                watermark=state.watermark,
+                since=since,
+                until=until,
+            )
+        change = diff_schemas(state.schema(), schema)
+        if not change.in_place:
+            raise SchemaChangeRequiresSnapshot(
+                f"schema of {self.namespace}.{self.table} changed from version {change.old_version} to "
+                f"{change.new_version} in a way that needs a new snapshot: {'; '.join(change.blocking)}",
+                old_version=change.old_version,
+                new_version=change.new_version,
+                reasons=change.blocking,
+            )
+        with timer.phase("prepare"):
+            if not state.from_dap_cli:
+                self._ensure_state_table()
+            ddl = self._apply_schema_change(change, schema, state)
+            with self._d.transaction(read_only=True) as cur:
+                live = self._d.live_columns(cur, t)
+
+        def write_state(cur: Any, pending_swap: str | None = None) -> None:
+            self._store.write(
+                cur,
+                t,
+                previous=state,
+                watermark=until,
+                versioned_schema=versioned_schema,
+                mode="incremental",
+                job_id=job_id,
+            )
+
+        job = LoadJob(
+            target=t,
+            schema=schema,
+            parts=parts,
+            dedupe=(self.namespace, self.table) in DUPLICATE_KEY_TABLES,
+            write_state=write_state,
+            timer=timer,
+            live=live,
+        )
+        counts = self._d.incremental(job)
+        return self._result(
+            "incremental", counts, parts, timer, until, schema, job_id, tuple(ddl), continued=state.from_dap_cli
+        )
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _ensure_checked(self) -> None:
+        if not self._checked:
+            self.check_target()
+
+    def _ensure_state_table(self, *, probe: bool = False) -> None:
+        sql = self._store.ensure_table_sql(self.target)
+        try:
+            with self._d.transaction() as cur:
+                if self._d.table_kind(cur, self.target.schema, STATE_TABLE) == "table":
+                    return
+                ensure_schema = getattr(self._d, "ensure_schema", None)
+                if ensure_schema is not None:
+                    ensure_schema(cur, self.target)
+                cur.execute(sql)
+        except ReplicationConfigError:
+            raise
+        except Exception as exc:
+            if not probe:
+                raise
+            raise ReplicationConfigError(
+                f"cannot create the state table {self._d.qualify(self.target.schema, STATE_TABLE)}: {exc}"
+            ) from exc
+
+    def _read_parts(
+        self, files: Sequence[str | PathLike[str]], schema: TableSchema, *, incremental: bool
+    ) -> list[Part]:
+        # Parts are numbered (part-00000-...); applying them in that order makes "the last
+        # occurrence of a repeated key wins" deterministic.
+        paths = sorted((Path(f) for f in files), key=lambda p: (p.name, str(p)))
+        return [read_part(p, schema, incremental=incremental) for p in paths]
+
+    def _column_types(self, schema: TableSchema) -> dict[str, str]:
+        if isinstance(self._d, MySQLDialect):
+            return mysql_column_types(schema.columns)
+        return {c.name: sql_type(c, self._d.name) for c in schema.columns}
+
+    def _recover(self, timer: PhaseTimer) -> SyncState | None:
+        """Finish a snapshot swap an earlier run committed but did not complete (MySQL only),
+        then return the current state."""
+        state = self.read_state()
+        if state is None or not state.pending_swap:
+            return state
+        with timer.phase("recover"):
+            self.log.warning(
+                "%s: finishing the swap of %s left by an interrupted snapshot", self.target_name, state.pending_swap
+            )
+            self._finish_swap(state.pending_swap)
+        return self.read_state()
+
+    def _finish_swap(self, build: str) -> None:
+        self._d.swap_in(self.target, build)
+        with self._d.transaction() as cur:
+            self._store.clear_pending(cur, self.target)
+
+    def _apply_schema_change(self, change: SchemaChange, schema: TableSchema, state: SyncState) -> list[str]:
+        if change.empty and not state.from_dap_cli:
+            return []
+        with self._d.transaction(read_only=True) as cur:
+            live = self._d.live_columns(cur, self.target)
+        return self._d.apply_schema_change(self.target, change, live, dap_origin=state.from_dap_cli, schema=schema)
+
+    def _result(
+        self,
+        mode: str,
+        counts: LoadCounts,
+        parts: list[Part],
+        timer: PhaseTimer,
+        watermark: datetime,
+        schema: TableSchema,
+        job_id: str | None,
+        ddl: tuple[str, ...],
+        *,
+        continued: bool,
+    ) -> SyncResult:
+        result = SyncResult(
+            mode=mode,
+            target=self.target_name,
+            dialect=self._d.name,
+            rows_inserted=counts.inserted,
+            rows_updated=counts.updated,
+            rows_deleted=counts.deleted,
+            watermark=watermark,
+            schema_version=schema.version,
+            bytes_read=sum(p.size for p in parts),
+            bytes_loaded=counts.bytes_loaded,
+            seconds=dict(timer.seconds),
+            files=len(parts),
+            job_id=job_id,
+            schema_changes=ddl,
+            continued_from_dap=continued,
+        )
+        self.log.info(
+            "%s of %s.%s into %s: +%d inserted, %d updated, -%d deleted, watermark %s, schema v%d, %.2fs",
+            mode,
+            self.namespace,
+            self.table,
+            self.target_name,
+            result.rows_inserted,
+            result.rows_updated,
+            result.rows_deleted,
+            watermark.isoformat(),
+            schema.version,
+            sum(timer.seconds.values()),
+        )
+        return result
+
+
+__all__ = ["DUPLICATE_KEY_TABLES", "SyncResult", "TableReplicator"]
