@@ -1,0 +1,236 @@
+"""Test helpers: fetch DAP results from the emulator over HTTP, read replicas back, compare.
+
+The provider's own download code is written separately; these tests use plain ``requests``
+so they do not depend on it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from airflow_provider_instructure.dap_schema import Column, TableSchema, parse_table_schema
+from airflow_provider_instructure.emulator.jobs import utc_parse
+from airflow_provider_instructure.emulator.server import EmulatorServer
+
+
+@dataclass(frozen=True)
+class Result:
+    """A downloaded job result."""
+
+    namespace: str
+    table: str
+    files: list[Path]
+    job_id: str
+    schema_version: int
+    versioned_schema: dict[str, Any]
+    at: datetime | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    @property
+    def watermark(self) -> datetime:
+        return self.at or self.until  # type: ignore[return-value]
+
+
+class DapFetcher:
+    """Runs DAP queries against an emulator and downloads their TSV parts (condensed).
+
+    :param server: a started emulator server.
+    :param directory: where parts are written (``job_<id>/part-...``).
+    """
+
+    def __init__(self, server: EmulatorServer, directory: Path) -> None:
+        self.server = server
+        self.directory = directory
+        self.http = requests.Session()
+        self._token: str | None = None
+        server.emulator.config.post_wait_seconds = 5.0  # answer POST .../data with a finished job
+
+    def _headers(self) -> dict[str, str]:
+        if self._token is None:
+            response = self.http.post(
+                f"{self.server.url}/ids/auth/login",
+                auth=(self.server.client_id, self.server.client_secret),
+                data={"grant_type": "client_credentials"},
+                timeout=30,
+            )
+            response.raise_for_status()
+            self._token = response.json()["access_token"]
+        return {"Authorization": f"Bearer {self._token}"}
+
+    def schema(self, namespace: str, table: str) -> dict[str, Any]:
+        response = self.http.get(
+            f"{self.server.url}/dap/query/{namespace}/table/{table}/schema", headers=self._headers(), timeout=30
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def _job(self, namespace: str, table: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = self.http.post(
+            f"{self.server.url}/dap/query/{namespace}/table/{table}/data",
+            json=body,
+            headers=self._headers(),
+            timeout=30,
+        )
+        if response.status_code >= 400:
+            raise DapQueryError(response.status_code, response.json())
+        job = response.json()
+        deadline = time.monotonic() + 30
+        while job["status"] not in ("complete", "failed"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job['id']} still {job['status']}")
+            time.sleep(0.02)
+            job = self.http.get(f"{self.server.url}/dap/job/{job['id']}", headers=self._headers(), timeout=30).json()
+        if job["status"] == "failed":
+            raise RuntimeError(f"job failed: {job['error']}")
+        return job
+
+    def _download(self, job: dict[str, Any]) -> list[Path]:
+        ids = [{"id": obj["id"]} for obj in job["objects"]]
+        response = self.http.post(f"{self.server.url}/dap/object/url", json=ids, headers=self._headers(), timeout=30)
+        response.raise_for_status()
+        target = self.directory / f"job_{job['id']}"
+        target.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for oid, entry in response.json()["urls"].items():
+            data = self.http.get(entry["url"], timeout=30)
+            data.raise_for_status()
+            path = target / oid.rsplit("/", 1)[-1]
+            path.write_bytes(data.content)
+            paths.append(path)
+        return paths
+
+    def snapshot(self, namespace: str, table: str) -> Result:
+        job = self._job(namespace, table, {"format": "tsv", "mode": "condensed"})
+        return Result(
+            namespace,
+            table,
+            self._download(job),
+            job["id"],
+            job["schema_version"],
+            self._schema_for(namespace, table, job["schema_version"]),
+            at=utc_parse(job["at"]),
+        )
+
+    def incremental(self, namespace: str, table: str, since: datetime, until: datetime | None = None) -> Result:
+        body: dict[str, Any] = {"format": "tsv", "mode": "condensed", "since": since.isoformat()}
+        if until is not None:
+            body["until"] = until.isoformat()
+        job = self._job(namespace, table, body)
+        return Result(
+            namespace,
+            table,
+            self._download(job),
+            job["id"],
+            job["schema_version"],
+            self._schema_for(namespace, table, job["schema_version"]),
+            since=utc_parse(job["since"]),
+            until=utc_parse(job["until"]),
+        )
+
+    def _schema_for(self, namespace: str, table: str, version: int) -> dict[str, Any]:
+        schema = self.schema(namespace, table)
+        assert schema["version"] == version, "schema changed between the job and the schema call"
+        return schema
+
+
+class DapQueryError(Exception):
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(f"{status}: {body}")
+        self.status = status
+        self.body = body
+        self.type = (body.get("error") or body).get("type")
+
+
+# -- comparing replicas with the emulator's ground truth -------------------------------------
+
+
+def normalize(column: Column, value: Any) -> Any:
+    """Bring a value read from any database (or the emulator) to one comparable form."""
+    if value is None:
+        return None
+    kind = column.type.kind
+    if kind == "timestamp":
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)  # MySQL DATETIME and dap's naive columns hold UTC
+        return value.astimezone(timezone.utc)
+    if kind == "boolean":
+        return bool(value)
+    if kind == "decimal":
+        return Decimal(str(value))
+    if kind == "float":
+        return float(value)
+    if kind == "integer":
+        return int(value)
+    if kind == "date":
+        return value if isinstance(value, date) else date.fromisoformat(str(value))
+    if kind == "json":
+        if isinstance(value, (bytes, bytearray)):
+            value = value.decode()
+        return json.loads(value) if isinstance(value, str) else value
+    if kind == "uuid":
+        return str(uuid.UUID(str(value)))
+    if kind == "ip":
+        return ipaddress.ip_address(str(value).split("/")[0])
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode()
+    return str(value)
+
+
+def expected_table(
+    server_or_emulator: Any, namespace: str, table: str, at: datetime, versioned_schema: dict[str, Any]
+) -> dict[Any, dict[str, Any]]:
+    """The emulator's ground truth at ``at``, limited to the columns of ``versioned_schema``."""
+    emulator = getattr(server_or_emulator, "emulator", server_or_emulator)
+    schema: TableSchema = parse_table_schema(versioned_schema)
+    out = {}
+    for row in emulator.expected_rows(namespace, table, at=at):
+        record = {c.name: normalize(c, row.get(c.name)) for c in schema.columns}
+        out[tuple(record[c.name] for c in schema.key_columns)] = record
+    return out
+
+
+def replica_table(
+    conn: Any, dialect: str, qualified: str, versioned_schema: dict[str, Any]
+) -> dict[Any, dict[str, Any]]:
+    schema = parse_table_schema(versioned_schema)
+    names = [c.name for c in schema.columns]
+    quote = (lambda n: f"`{n}`") if dialect == "mysql" else (lambda n: f'"{n}"')
+    cur = conn.cursor()
+    cur.execute(f"SELECT {', '.join(quote(n) for n in names)} FROM {qualified}")
+    rows = cur.fetchall()
+    cur.close()
+    conn.rollback()
+    out = {}
+    for row in rows:
+        record = {c.name: normalize(c, v) for c, v in zip(schema.columns, row, strict=True)}
+        key = tuple(record[c.name] for c in schema.key_columns)
+        assert key not in out, f"duplicate key {key} in {qualified}"
+        out[key] = record
+    return out
+
+
+def assert_same_rows(actual: dict[Any, dict[str, Any]], expected: dict[Any, dict[str, Any]], what: str) -> None:
+    """Row for row, column for column; the message names the first differences."""
+    missing = sorted(set(expected) - set(actual), key=str)[:5]
+    extra = sorted(set(actual) - set(expected), key=str)[:5]
+    assert not missing and not extra, f"{what}: keys missing {missing}, unexpected {extra}"
+    diffs = []
+    for key, row in expected.items():
+        got = actual[key]
+        for name, value in row.items():
+            if got[name] != value:
+                diffs.append(f"{key}.{name}: {got[name]!r} != expected {value!r}")
+    assert not diffs, f"{what}: {len(diffs)} cell(s) differ, e.g. " + "; ".join(diffs[:8])
