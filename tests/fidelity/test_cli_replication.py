@@ -7,6 +7,7 @@ namespaces, and the client's meta table must record that ``until`` and the curre
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -91,3 +92,13 @@ def test_initdb_then_syncdb_rounds_equal_the_emulator(
             deletes_requested += sum(int(n) for n in re.findall(r"(\d+) rows have been deleted", run.output))
         check_replica(db, server, f"after syncdb: {description}")
     assert deletes_requested > 0, "no syncdb ever applied a delete: the hard-delete path went untested"
+
+    # `dap listdb` reads the same meta table back: every table synced, with the emulator's row counts.
+    for namespace in NAMESPACES:
+        listed = json.loads(cli.run("listdb", "--namespace", namespace, "--connection-string", db.url).stdout)
+        emulator = server.emulator
+        assert [entry["name"] for entry in listed] == sorted(emulator.dataset.tables[namespace])
+        for entry in listed:
+            table = emulator.dataset.table(namespace, entry["name"])
+            assert entry["command"] == "syncdb" and entry["schema"] == table.schema_version, entry
+            assert entry["records"] == len(list(emulator.expected_rows(namespace, entry["name"]))), entry
