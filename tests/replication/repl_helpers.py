@@ -6,12 +6,13 @@ so they do not depend on it.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import json
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import requests
 
 from airflow_provider_instructure.dap_schema import Column, TableSchema, parse_table_schema
+from airflow_provider_instructure.emulator.dataset import SchemaRevision
 from airflow_provider_instructure.emulator.jobs import utc_parse
 from airflow_provider_instructure.emulator.server import EmulatorServer
 
@@ -234,3 +236,55 @@ def assert_same_rows(actual: dict[Any, dict[str, Any]], expected: dict[Any, dict
             if got[name] != value:
                 diffs.append(f"{key}.{name}: {got[name]!r} != expected {value!r}")
     assert not diffs, f"{what}: {len(diffs)} cell(s) differ, e.g. " + "; ".join(diffs[:8])
+
+
+# -- handcrafted result parts -----------------------------------------------------------------
+
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\b": "\\b", "\f": "\\f", "\v": "\\v"})
+
+
+def tsv_cell(value: Any) -> str:
+    """One cell as DAP writes it (PostgreSQL COPY text escapes)."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        text = value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        if value.microsecond:
+            text += f".{value.microsecond:06d}".rstrip("0")
+        return text + "Z"
+    if isinstance(value, (dict, list)):
+        value = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return str(value).translate(_ESCAPES)
+
+
+def write_part(path: Path, header: list[str], rows: list[list[Any]], *, compress: bool = True) -> Path:
+    """Write a TSV part like DAP's: a header row, then one line per record."""
+    import gzip
+
+    text = "\t".join(header) + "\n" + "".join("\t".join(tsv_cell(v) for v in row) + "\n" for row in rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if compress:
+        with gzip.open(path, "wt", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+    else:
+        path.write_text(text, encoding="utf-8", newline="")
+    return path
+
+
+def bump_schema(server: EmulatorServer, namespace: str, table: str, mutate: Any) -> int:
+    """Give an emulator table a new schema version made by ``mutate(versioned_schema)``.
+
+    The emulator's public API only adds columns; tests also need new enum members. Rows
+    generated afterwards draw from the new schema (e.g. pick the new member).
+    """
+    dataset = server.emulator.dataset
+    with dataset.lock:
+        tbl = dataset.table(namespace, table)
+        versioned = copy.deepcopy(tbl.versioned_schema)
+        mutate(versioned)
+        versioned["version"] = int(versioned["version"]) + 1
+        ts = dataset._tick(timedelta(seconds=1))
+        tbl.revisions.append(SchemaRevision(ts, versioned, parse_table_schema(versioned)))
+        return int(versioned["version"])
