@@ -181,14 +181,44 @@ def normalize(column: Column, value: Any) -> Any:
     if kind == "json":
         if isinstance(value, (bytes, bytearray)):
             value = value.decode()
+        if isinstance(value, str) and value.startswith("{") and column.schema.get("type") == "array":
+            return _pg_array(value)  # a native enum array of a dap initdb table, read as text
         return json.loads(value) if isinstance(value, str) else value
     if kind == "uuid":
+        if isinstance(value, (bytes, bytearray)):  # dap's BINARY(16) on MySQL
+            return str(uuid.UUID(bytes=bytes(value)))
         return str(uuid.UUID(str(value)))
     if kind == "ip":
+        if isinstance(value, (bytes, bytearray)):  # dap's BINARY(16): IPv4 right-padded with zero bytes
+            raw = bytes(value)
+            return ipaddress.ip_address(raw[:4] if raw[4:] == bytes(12) else raw)
         return ipaddress.ip_address(str(value).split("/")[0])
     if isinstance(value, (bytes, bytearray)):
         return value.decode()
     return str(value)
+
+
+def _pg_array(text: str) -> list[str]:
+    """Parse a one-dimensional PostgreSQL array literal of strings (``{a,"b c"}``)."""
+    items: list[str] = []
+    body = text[1:-1]
+    i = 0
+    while i < len(body):
+        if body[i] == '"':
+            j, buf = i + 1, []
+            while body[j] != '"':
+                if body[j] == "\\":
+                    j += 1
+                buf.append(body[j])
+                j += 1
+            items.append("".join(buf))
+            i = j + 2
+        else:
+            j = body.find(",", i)
+            j = len(body) if j < 0 else j
+            items.append(body[i:j])
+            i = j + 1
+    return items
 
 
 def expected_table(

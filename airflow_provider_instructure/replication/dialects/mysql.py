@@ -9,7 +9,9 @@ differences are handled without touching rows in Python:
   bytes (:func:`~..tsv.mysql_transcode`); a plain part without them is loaded as it is;
 * booleans (``true``/``false``) and timestamps (``2024-01-01T10:00:00.5Z``) go through user
   variables and ``SET col = CASE ... / CAST(... AS DATETIME(6))``, evaluated by the server;
-* ``meta.ts`` goes to ``@dummy``; ``IGNORE 1 LINES`` skips the header.
+* ``meta.ts`` goes to ``@dummy``; ``IGNORE 1 LINES`` skips the header;
+* tables created by ``dap initdb`` keep UUIDs and IP addresses in ``BINARY(16)``: those
+  columns get ``UNHEX(REPLACE(v, '-', ''))`` / ``INET6_ATON(v)``.
 
 ``LOCAL`` turns conversion errors and duplicate keys into warnings, so every load is
 followed by ``SHOW WARNINGS`` and any warning fails it (:class:`~..errors.DataLoadError`).
@@ -407,7 +409,9 @@ class MySQLDialect(Dialect):
         except OSError:
             return tempfile.mkstemp(prefix=f"{source.name}.", suffix=".mysql.tsv")
 
-    def _load_part(self, cur: Any, table_sql: str, part: Part, *, staging: bool) -> int:
+    def _load_part(
+        self, cur: Any, table_sql: str, part: Part, *, staging: bool, live: dict[str, LiveColumn] | None = None
+    ) -> int:
         q = self.quote
         targets: list[str] = []
         sets: list[str] = []
@@ -417,7 +421,13 @@ class MySQLDialect(Dialect):
                 continue
             kind = f.column.type.kind
             var = f"@v{i}"
-            if kind == "boolean":
+            binary = live is not None and f.name in live and live[f.name].sql_type.lower() == "binary(16)"
+            if binary and kind in ("uuid", "ip"):
+                # dap initdb stores UUIDs and IP addresses as 16 raw bytes on MySQL.
+                targets.append(var)
+                convert = f"UNHEX(REPLACE({var}, '-', ''))" if kind == "uuid" else f"INET6_ATON({var})"
+                sets.append(f"{q(f.name)} = {convert}")
+            elif kind == "boolean":
                 targets.append(var)
                 sets.append(
                     f"{q(f.name)} = CASE {var} WHEN 'true' THEN 1 WHEN 'false' THEN 0 ELSE CAST({var} AS SIGNED) END"
@@ -532,7 +542,7 @@ class MySQLDialect(Dialect):
                     )
                 with job.timer.phase("load"):
                     for part in job.parts:
-                        counts.bytes_loaded += self._load_part(cur, stage, part, staging=True)
+                        counts.bytes_loaded += self._load_part(cur, stage, part, staging=True, live=live)
                 with job.timer.phase("merge"):
                     bad = self.fetch_one(
                         cur, f"SELECT COUNT(*) FROM {stage} WHERE {action} IS NULL OR {action} NOT IN ('U', 'D')"
