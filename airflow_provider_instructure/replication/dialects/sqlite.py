@@ -126,7 +126,16 @@ class SQLiteDialect(Dialect):
 
     # -- introspection --------------------------------------------------------------------
 
+    def _require_attached(self, cur: Any, schema: str) -> None:
+        databases = [r[1] for r in self.fetch_all(cur, "PRAGMA database_list")]
+        if schema not in databases:
+            raise ReplicationConfigError(
+                f"SQLite has no schemas: target_schema {schema!r} must name an attached database "
+                f"({', '.join(databases)}); leave it unset to use 'main' or ATTACH the database first"
+            )
+
     def table_kind(self, cur: Any, schema: str, table: str) -> str | None:
+        self._require_attached(cur, schema)
         row = self.fetch_one(cur, f"SELECT type FROM {self.quote(schema)}.sqlite_master WHERE name = ?", (table,))
         return None if row is None else str(row[0])
 
@@ -137,23 +146,10 @@ class SQLiteDialect(Dialect):
     # -- checks ---------------------------------------------------------------------------
 
     def check_target(self, cur: Any, target: Target, *, table_exists: bool, dap_origin: bool) -> None:
-        databases = [r[1] for r in self.fetch_all(cur, "PRAGMA database_list")]
-        if target.schema not in databases:
-            raise ReplicationConfigError(
-                f"SQLite has no schemas: target_schema {target.schema!r} must name an attached database "
-                f"({', '.join(databases)}); leave it unset to use 'main' or ATTACH the database first"
-            )
+        self._require_attached(cur, target.schema)
         query_only = self.fetch_one(cur, "PRAGMA query_only")
         if query_only and query_only[0]:
             raise ReplicationConfigError("the SQLite connection is query_only; open it writable")
-
-    def probe_writable(self, target: Target, create_state_sql: str) -> None:
-        """Create the state table (a write) so a read-only file fails here, before any load."""
-        try:
-            with self.transaction() as cur:
-                cur.execute(create_state_sql)
-        except sqlite3.OperationalError as exc:
-            raise ReplicationConfigError(f"cannot write to the SQLite database {target.schema!r}: {exc}") from exc
 
     # -- state ----------------------------------------------------------------------------
 
