@@ -159,3 +159,16 @@ def test_dap_initdb_database_is_continued_like_dap_syncdb(
             accounts = TableReplicator(conn, dialect, "canvas", "accounts").target
             rows = replica_table(conn, dialect, ours.qualified(accounts), fetch.schema("canvas", "accounts"))
             assert any(r["workflow_state"] == "archived" for r in rows.values()), "the new enum member was never drawn"
+
+    # A forced snapshot hands a dap table over: this package's types, dap's table_sync row
+    # removed and ours written, in the transaction (PostgreSQL) or swap (MySQL) that replaces it.
+    rep = TableReplicator(conn, dialect, "canvas", "accounts")
+    snap = fetch.snapshot("canvas", "accounts")
+    rep.apply_snapshot(snap.files, versioned_schema=snap.versioned_schema, at=snap.at)
+    state = rep.read_state()
+    assert state is not None and not state.from_dap_cli and state.watermark == snap.at
+    assert [row[1] for row in table_sync(ours)] == ["assignments", "late_policies", "web_logs"]
+    created_at = next(c for c in column_types(ours, rep.target.schema, rep.target.table) if c[0] == "created_at")
+    assert created_at[1] == ("timestamp with time zone" if dialect == "postgres" else "datetime(6)")
+    actual = replica_table(conn, dialect, ours.qualified(rep.target), snap.versioned_schema)
+    assert_same_rows(actual, expected_table(server, "canvas", "accounts", snap.at, snap.versioned_schema), "handover")  # type: ignore[arg-type]
