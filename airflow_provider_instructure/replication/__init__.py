@@ -24,6 +24,7 @@ already on disk and a DB-API connection.
 from __future__ import annotations
 
 from airflow_provider_instructure.replication.errors import (
+    ConcurrentReplicationError,
     DataLoadError,
     ReplicationConfigError,
     ReplicationError,
@@ -38,6 +39,7 @@ from airflow_provider_instructure.replication.state import STATE_TABLE, SyncStat
 __all__ = [
     "DUPLICATE_KEY_TABLES",
     "STATE_TABLE",
+    "ConcurrentReplicationError",
     "DataLoadError",
     "ReplicationConfigError",
     "ReplicationError",

@@ -48,6 +48,10 @@ class WatermarkError(ReplicationError):
         self.until = until
 
 
+class ConcurrentReplicationError(ReplicationError):
+    """Another replication of the same target holds its lock; retry when it has finished."""
+
+
 class SnapshotRequired(ReplicationError):
     """The table cannot be continued incrementally; load a snapshot instead.
 

@@ -30,6 +30,10 @@ Guarantees:
   :class:`~.errors.SchemaChangeRequiresSnapshot` before anything changes; so does a missing
   state (:class:`~.errors.SnapshotRequired`). The caller then runs a snapshot, which is
   built beside the live table and swapped in atomically (see each dialect for how).
+* One sync per target at a time: a session-level lock (PostgreSQL advisory lock, MySQL
+  ``GET_LOCK``; SQLite serializes writers itself) is held for the whole sync, so the checks
+  above cannot be raced; a second run fails fast with
+  :class:`~.errors.ConcurrentReplicationError`.
 * ``canvas_logs.web_logs`` may repeat a key within one result (at-least-once delivery): the
   last occurrence wins, as in ``dap``.
 
@@ -60,6 +64,9 @@ from airflow_provider_instructure.replication.schema_changes import SchemaChange
 from airflow_provider_instructure.replication.state import STATE_TABLE, StateStore, SyncState
 from airflow_provider_instructure.replication.tsv import Part, read_part
 from airflow_provider_instructure.replication.types import mysql_column_types, sql_type
+
+#: Result parts: a sequence of files, or the directory that holds them.
+Parts = Sequence[str | PathLike[str]] | str | PathLike[str]
 
 #: Tables whose results may repeat a key (upstream at-least-once delivery), as dap knows them.
 DUPLICATE_KEY_TABLES = frozenset({("canvas_logs", "web_logs")})
@@ -225,7 +232,7 @@ class TableReplicator:
 
     def apply_snapshot(
         self,
-        files: Sequence[str | PathLike[str]],
+        files: Parts,
         *,
         versioned_schema: dict[str, Any],
         at: datetime | str,
@@ -237,15 +244,27 @@ class TableReplicator:
         schema changes that cannot be applied in place. Readers of the live table see the old
         rows until the swap and the new ones after it.
 
-        :param files: the snapshot job's TSV parts (condensed; gzip or plain).
+        :param files: the snapshot job's TSV parts (condensed; gzip or plain), or the directory
+            holding them (``*.tsv``, ``*.tsv.gz``).
         :param versioned_schema: ``{"schema": ..., "version": N}`` matching the job's schema_version.
         :param at: the job's ``at``.
         :param job_id: the DAP job id, recorded in the state.
         :raises WatermarkError: if ``at`` is older than the replica's watermark.
+        :raises ConcurrentReplicationError: another run holds the target's lock.
         """
         at = _aware(at, "at")
-        timer = PhaseTimer()
         self._ensure_checked()
+        with self._d.exclusive(self.target):
+            return self._snapshot(files, versioned_schema, at, job_id)
+
+    def _snapshot(
+        self,
+        files: Parts,
+        versioned_schema: dict[str, Any],
+        at: datetime,
+        job_id: str | None,
+    ) -> SyncResult:
+        timer = PhaseTimer()
         schema = parse_table_schema(versioned_schema)
         with timer.phase("prepare"):
             parts = self._read_parts(files, schema, incremental=False)
@@ -303,7 +322,7 @@ class TableReplicator:
 
     def apply_incremental(
         self,
-        files: Sequence[str | PathLike[str]],
+        files: Parts,
         *,
         versioned_schema: dict[str, Any],
         since: datetime | str,
@@ -316,7 +335,8 @@ class TableReplicator:
         Additive schema changes (new nullable column, new enum member, a column becoming
         nullable) are applied in place first.
 
-        :param files: the incremental job's TSV parts (condensed; gzip or plain).
+        :param files: the incremental job's TSV parts (condensed; gzip or plain), or their directory.
+            No parts (an empty result) just moves the watermark.
         :param versioned_schema: ``{"schema": ..., "version": N}`` matching the job's schema_version.
         :param since: the job's ``since`` (normally the stored watermark).
         :param until: the job's ``until``: the new watermark.
@@ -324,13 +344,25 @@ class TableReplicator:
         :raises SnapshotRequired: no state, or the state's table is gone.
         :raises SchemaChangeRequiresSnapshot: the schema changed in a way that needs a snapshot.
         :raises WatermarkError: the window leaves a gap after the watermark, or ends before it.
+        :raises ConcurrentReplicationError: another run holds the target's lock.
         """
         since = _aware(since, "since")
         until = _aware(until, "until")
         if until < since:
             raise ValueError(f"until {until.isoformat()} is before since {since.isoformat()}")
-        timer = PhaseTimer()
         self._ensure_checked()
+        with self._d.exclusive(self.target):
+            return self._incremental(files, versioned_schema, since, until, job_id)
+
+    def _incremental(
+        self,
+        files: Parts,
+        versioned_schema: dict[str, Any],
+        since: datetime,
+        until: datetime,
+        job_id: str | None,
+    ) -> SyncResult:
+        timer = PhaseTimer()
         schema = parse_table_schema(versioned_schema)
         with timer.phase("prepare"):
             parts = self._read_parts(files, schema, incremental=True)
@@ -392,7 +424,13 @@ class TableReplicator:
             timer=timer,
             live=live,
         )
-        counts = self._d.incremental(job)
+        if parts:
+            counts = self._d.incremental(job)
+        else:
+            # No result files (nothing changed): only the watermark moves.
+            counts = LoadCounts()
+            with self._d.transaction(timer=timer) as cur:
+                write_state(cur)
         return self._result(
             "incremental", counts, parts, timer, until, schema, job_id, tuple(ddl), continued=state.from_dap_cli
         )
@@ -405,26 +443,39 @@ class TableReplicator:
 
     def _ensure_state_table(self, *, probe: bool = False) -> None:
         sql = self._store.ensure_table_sql(self.target)
-        try:
-            with self._d.transaction() as cur:
-                if self._d.table_kind(cur, self.target.schema, STATE_TABLE) == "table":
-                    return
-                ensure_schema = getattr(self._d, "ensure_schema", None)
-                if ensure_schema is not None:
-                    ensure_schema(cur, self.target)
-                cur.execute(sql)
-        except ReplicationConfigError:
-            raise
-        except Exception as exc:
-            if not probe:
+        for attempt in range(3):
+            try:
+                with self._d.transaction() as cur:
+                    if self._d.table_kind(cur, self.target.schema, STATE_TABLE) == "table":
+                        return
+                    self._d.ensure_schema(cur, self.target)
+                    cur.execute(sql)
+                return
+            except ReplicationConfigError:
                 raise
-            raise ReplicationConfigError(
-                f"cannot create the state table {self._d.qualify(self.target.schema, STATE_TABLE)}: {exc}"
-            ) from exc
+            except Exception as exc:
+                # Parallel first runs of tables sharing a schema race on CREATE ... IF NOT
+                # EXISTS (PostgreSQL then reports a duplicate catalog entry): look again.
+                if attempt < 2 and self._state_table_exists():
+                    return
+                if attempt < 2 and not probe:
+                    continue
+                if not probe:
+                    raise
+                raise ReplicationConfigError(
+                    f"cannot create the state table {self._d.qualify(self.target.schema, STATE_TABLE)}: {exc}"
+                ) from exc
 
-    def _read_parts(
-        self, files: Sequence[str | PathLike[str]], schema: TableSchema, *, incremental: bool
-    ) -> list[Part]:
+    def _state_table_exists(self) -> bool:
+        with self._d.transaction(read_only=True) as cur:
+            return self._d.table_kind(cur, self.target.schema, STATE_TABLE) == "table"
+
+    def _read_parts(self, files: Parts, schema: TableSchema, *, incremental: bool) -> list[Part]:
+        if isinstance(files, (str, PathLike)):
+            folder = Path(files)
+            if not folder.is_dir():
+                raise TypeError(f"files must be a sequence of part paths or a directory of parts, got {files!r}")
+            files = [p for p in folder.iterdir() if p.name.endswith((".tsv", ".tsv.gz"))]
         # Parts are numbered (part-00000-...); applying them in that order makes "the last
         # occurrence of a repeated key wins" deterministic.
         paths = sorted((Path(f) for f in files), key=lambda p: (p.name, str(p)))

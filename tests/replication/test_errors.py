@@ -11,6 +11,7 @@ import pytest
 
 from airflow_provider_instructure.emulator.server import EmulatorServer
 from airflow_provider_instructure.replication import (
+    ConcurrentReplicationError,
     ReplicationConfigError,
     SnapshotRequired,
     TableReplicator,
@@ -270,3 +271,39 @@ def test_sqlite_schema_must_be_an_attached_database_and_the_file_writable(tmp_pa
     read_only = sqlite3.connect(f"file:{tmp_path / 'replica.db'}?mode=ro", uri=True)
     with pytest.raises(ReplicationConfigError, match="attempt to write a readonly database"):
         TableReplicator(read_only, "sqlite", *KEY).check_target()
+
+
+@pytest.mark.parametrize("dialect", ["postgres", "mysql"])  # SQLite serializes writers itself
+def test_a_second_run_on_the_same_target_fails_fast(
+    dialect: str, new_db: Any, fresh_server: tuple[EmulatorServer, DapFetcher]
+) -> None:
+    """Overlapping runs (a backfill next to the schedule) must not interleave their windows."""
+    db = new_db(dialect)
+    server, fetch = fresh_server
+    conn = db.connect()
+    rep = TableReplicator(conn, dialect, *KEY)
+    snap = fetch.snapshot(*KEY)
+    rep.apply_snapshot(snap.files, versioned_schema=snap.versioned_schema, at=snap.at)
+    server.emulator.advance(updates=2)
+    inc = fetch.incremental(*KEY, snap.at)  # type: ignore[arg-type]
+    other = TableReplicator(db.connect(), dialect, *KEY)
+    with other._d.exclusive(other.target), pytest.raises(ConcurrentReplicationError, match="another replication of"):
+        rep.apply_incremental(inc.files, versioned_schema=inc.versioned_schema, since=inc.since, until=inc.until)
+    rep.apply_incremental(inc.files, versioned_schema=inc.versioned_schema, since=inc.since, until=inc.until)
+    assert rep.read_state().watermark == inc.until  # type: ignore[union-attr]
+
+
+def test_an_empty_result_moves_only_the_watermark_and_a_directory_is_accepted(
+    db: Database, fresh_server: tuple[EmulatorServer, DapFetcher]
+) -> None:
+    _, fetch = fresh_server
+    conn = db.connect()
+    rep = TableReplicator(conn, db.dialect, *KEY)
+    snap = fetch.snapshot(*KEY)
+    rep.apply_snapshot(snap.files[0].parent, versioned_schema=snap.versioned_schema, at=snap.at)
+    later = snap.at.replace(hour=1)  # type: ignore[union-attr]
+    result = rep.apply_incremental([], versioned_schema=snap.versioned_schema, since=snap.at, until=later)  # type: ignore[arg-type]
+    assert (result.rows_inserted, result.rows_updated, result.rows_deleted, result.files) == (0, 0, 0, 0)
+    assert rep.read_state().watermark == later  # type: ignore[union-attr]
+    with pytest.raises(TypeError, match="directory of parts"):
+        rep.apply_incremental("no-such-dir", versioned_schema=snap.versioned_schema, since=later, until=later)

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 from airflow_provider_instructure.dap_schema import Column, TableSchema
-from airflow_provider_instructure.replication.errors import ReplicationConfigError
+from airflow_provider_instructure.replication.errors import ConcurrentReplicationError, ReplicationConfigError
 from airflow_provider_instructure.replication.schema_changes import SchemaChange
 from airflow_provider_instructure.replication.tsv import Part
 
@@ -200,6 +200,12 @@ class Dialect(ABC):
     def _rollback(self, cur: Any) -> None:
         self.conn.rollback()
 
+    def _locked_elsewhere(self, target: Target) -> ConcurrentReplicationError:
+        return ConcurrentReplicationError(
+            f"another replication of {target.display} is running (lock {self.lock_name(target)!r} is held); "
+            "retry when it has finished"
+        )
+
     def require_idle(self) -> None:
         if self.in_transaction():
             raise ReplicationConfigError(
@@ -244,6 +250,22 @@ class Dialect(ABC):
     ) -> tuple[Any, ...] | None:
         rows = self.fetch_all(cur, sql, params)
         return rows[0] if rows else None
+
+    # -- one replication per target at a time ---------------------------------------------
+
+    @staticmethod
+    def lock_name(target: Target) -> str:
+        # Short and fixed-length: MySQL lock names are limited to 64 characters.
+        digest = hashlib.sha1(f"{target.schema}\x1f{target.table}".encode()).hexdigest()[:40]
+        return f"dap_replication:{digest}"
+
+    @contextmanager
+    def exclusive(self, target: Target) -> Iterator[None]:
+        """Hold a session-level lock on ``target`` for a whole sync, so two runs cannot
+        interleave (watermark checks, side tables, swaps). Non-blocking: a busy lock raises
+        :class:`~..errors.ConcurrentReplicationError`. No-op where the database serializes
+        writers anyway (SQLite)."""
+        yield
 
     # -- introspection --------------------------------------------------------------------
 
@@ -294,6 +316,9 @@ class Dialect(ABC):
         return value.astimezone(timezone.utc).replace(tzinfo=None)
 
     # -- schema changes, loads, swaps -----------------------------------------------------
+
+    def ensure_schema(self, cur: Any, target: Target) -> None:  # noqa: B027 - optional hook
+        """Create the target schema if the database has schemas and it is missing."""
 
     @abstractmethod
     def create_table_sql(

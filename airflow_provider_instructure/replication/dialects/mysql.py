@@ -164,6 +164,31 @@ class MySQLDialect(Dialect):
         cur.execute(sql)
         self.conn.commit()  # DDL committed implicitly; leave no transaction open behind it
 
+    @contextlib.contextmanager
+    def exclusive(self, target: Target) -> Iterator[None]:
+        name = self.lock_name(target)
+        cur = self.cursor()
+        try:
+            row = self.fetch_one(cur, "SELECT GET_LOCK(%s, 0)", (name,))
+            self.conn.rollback()
+        finally:
+            cur.close()
+        if not (row and row[0] == 1):
+            raise self._locked_elsewhere(target)
+        try:
+            yield
+        finally:
+            cur = self.cursor()
+            try:
+                if self.in_transaction():
+                    self.conn.rollback()
+                self.fetch_one(cur, "SELECT RELEASE_LOCK(%s)", (name,))
+                self.conn.rollback()
+            except Exception:  # a broken connection releases its locks by itself
+                self.log.debug("could not release %s", name, exc_info=True)
+            finally:
+                cur.close()
+
     def resolve_target(self, namespace: str, table: str, target_schema: str | None, table_prefix: str | None) -> Target:
         database = target_schema
         if database is None:

@@ -30,7 +30,8 @@ input), ``jsonb``, ``inet`` and enum arrays (the JSON cell is converted with
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from airflow_provider_instructure.dap_schema import Column, TableSchema
@@ -117,6 +118,31 @@ class PostgresDialect(Dialect):
             cur.execute("ROLLBACK")
         else:
             self.conn.rollback()
+
+    @contextmanager
+    def exclusive(self, target: Target) -> Iterator[None]:
+        name = self.lock_name(target)
+        cur = self.cursor()
+        try:
+            row = self.fetch_one(cur, "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (name,))
+            self._rollback(cur)  # session-level lock: it outlives this statement's transaction
+        finally:
+            cur.close()
+        if not (row and row[0]):
+            raise self._locked_elsewhere(target)
+        try:
+            yield
+        finally:
+            cur = self.cursor()
+            try:
+                if self.in_transaction():
+                    self._rollback(cur)
+                cur.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (name,))
+                self._rollback(cur)
+            except Exception:  # a broken connection releases its locks by itself
+                self.log.debug("could not release %s", name, exc_info=True)
+            finally:
+                cur.close()
 
     def resolve_target(self, namespace: str, table: str, target_schema: str | None, table_prefix: str | None) -> Target:
         target = Target(target_schema or namespace, (table_prefix or "") + table, namespace, table)
