@@ -82,3 +82,11 @@ def test_postgres_through_psycopg2(new_db: Any, scenario: Scenario, driver: str)
     conn = db.connect()
     tables = [("canvas", "assignments"), ("canvas", "late_policies"), ("canvas_logs", "web_logs")]
     _sync_all(db, conn, scenario, tables)
+
+
+@pytest.mark.parametrize("dialect", ["postgres", "mysql", "sqlite"])
+def test_connections_in_autocommit_mode_work_too(new_db: Any, scenario: Scenario, dialect: str) -> None:
+    """The replicator opens its own transactions explicitly, whatever the connection's mode."""
+    db = new_db(dialect)
+    conn = db.connect(isolation_level=None) if dialect == "sqlite" else db.connect(autocommit=True)
+    _sync_all(db, conn, scenario, [("canvas", "late_policies"), ("canvas_logs", "web_logs")])

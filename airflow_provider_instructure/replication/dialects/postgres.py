@@ -125,7 +125,8 @@ class PostgresDialect(Dialect):
         cur = self.cursor()
         try:
             row = self.fetch_one(cur, "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (name,))
-            self._rollback(cur)  # session-level lock: it outlives this statement's transaction
+            if self.in_transaction():
+                self._rollback(cur)  # session-level lock: it outlives this statement's transaction
         finally:
             cur.close()
         if not (row and row[0]):
@@ -138,7 +139,8 @@ class PostgresDialect(Dialect):
                 if self.in_transaction():
                     self._rollback(cur)
                 cur.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (name,))
-                self._rollback(cur)
+                if self.in_transaction():
+                    self._rollback(cur)
             except Exception:  # a broken connection releases its locks by itself
                 self.log.debug("could not release %s", name, exc_info=True)
             finally:
@@ -364,7 +366,8 @@ class PostgresDialect(Dialect):
         fields = part.fields if with_meta else part.data_fields
         drop = 0 if with_meta else part.leading_meta
         cols = ", ".join(self.quote(f.name) for f in fields)
-        options = "FORMAT text, FREEZE" if freeze else "FORMAT text"
+        # DAP files are UTF-8 whatever the session's client_encoding says.
+        options = "FORMAT text, ENCODING 'UTF8'" + (", FREEZE" if freeze else "")
         return self._copy(
             cur, f"COPY {table_sql} ({cols}) FROM STDIN WITH ({options})", iter_body_chunks(part, drop_leading=drop)
         )
