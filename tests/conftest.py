@@ -15,8 +15,20 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
-# dag.test() serializes DAGs from the dags folder before running them.
-os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "example_dags"))
+
+
+def _dags_folder() -> str:
+    """dag.test() serializes DAGs from the dags folder first: give it the example DAGs and the test DAGs."""
+    folder = Path(tempfile.mkdtemp(prefix="airflow-dags-"))
+    for source in [
+        *sorted((REPO / "example_dags").glob("example_*.py")),
+        *sorted((REPO / "tests" / "dags").glob("*.py")),
+    ]:
+        (folder / source.name).symlink_to(source)
+    return str(folder)
+
+
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", _dags_folder())
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("DAP_TRACKING", "false")
 

@@ -1,12 +1,18 @@
-"""Every example DAG imports cleanly and runs end to end (dag.test()) against the emulator."""
+"""Every example DAG imports cleanly and runs end to end (dag.test()) against the emulator.
+
+All dag.test() runs live in this module: the first one in a process pays Airflow's start-up.
+"""
 
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import pytest
 
+from airflow_provider_instructure.emulator import Emulator, EmulatorConfig
 from airflow_provider_instructure.emulator.server import EmulatorServer
+from airflow_provider_instructure.operators.file_watermark import read_watermark
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.dagtest
@@ -26,12 +32,26 @@ def xcom_values(run_id: str, task_id: str) -> list:
         return [row.value for row in rows]
 
 
+def asset_events(uri_prefix: str) -> list:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = (
+            session.query(AssetModel.uri, AssetEvent.extra, AssetEvent.source_task_id)
+            .join(AssetEvent, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetModel.uri.startswith(uri_prefix))
+            .all()
+        )
+        return [(uri, extra, task) for uri, extra, task in rows]
+
+
 def test_example_dags_import_without_errors() -> None:
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(REPO / "example_dags"))
     assert bag.import_errors == {}
-    assert "example_cd2_list_tables" in bag.dag_ids
+    assert {"example_cd2_list_tables", "example_cd2_snapshot_to_files"} <= set(bag.dag_ids)
 
 
 def test_list_tables_dag(airflow_db, instructure_conn: EmulatorServer) -> None:
@@ -41,3 +61,53 @@ def test_list_tables_dag(airflow_db, instructure_conn: EmulatorServer) -> None:
     served = sorted(instructure_conn.emulator.dataset.tables["canvas"])
     assert xcom_values(run.run_id, "list_tables") == [served]
     assert xcom_values(run.run_id, "summarize") == [{"tables": len(served), "max_schema_version": 1}]
+
+
+def test_snapshot_to_files_dag(
+    airflow_db, dap_emulator_factory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from airflow.models.pool import Pool
+
+    server = dap_emulator_factory(emulator=Emulator(EmulatorConfig(job_running_seconds=0.3), rows=30))
+    monkeypatch.setenv("AIRFLOW_CONN_INSTRUCTURE_DEFAULT", server.connection_json())
+    Pool.create_or_update_pool("cd2_api", 5, "DAP job creation", include_deferred=False)
+    module = importlib.import_module("example_dags.example_cd2_snapshot_to_files")
+    assert module.dag.get_task("download").pool == "cd2_api"
+    conf = {"target": str(tmp_path), "poll_interval": 0.1}
+
+    first = module.dag.test(run_conf=conf)
+    assert first.state == "success"
+    (report,) = xcom_values(first.run_id, "report")
+    tables = sorted(server.emulator.dataset.tables["canvas"])
+    assert sorted(report) == tables
+    for table in tables:
+        assert report[table]["kind"] == "snapshot" and report[table]["files"] >= 2, table
+        assert report[table]["rows"] == 30, table
+        assert read_watermark(tmp_path, "canvas", table)["watermark"] == server.emulator.latest(
+            "canvas", table
+        ).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert server.emulator.stats.count("create_job") == len(tables)
+    events = asset_events("instructure://canvas/")
+    assert {uri for uri, _, _ in events} == {f"instructure://canvas/{t}" for t in tables}
+    assert all(
+        extra["kind"] == "snapshot" and extra["watermark"] and extra["schema_version"] == 1 for _, extra, _ in events
+    )
+
+    server.emulator.advance(updates=3, inserts=1, deletes=1)
+    second = module.dag.test(run_conf=conf)
+    assert second.state == "success"
+    (report,) = xcom_values(second.run_id, "report")
+    assert all(report[t]["kind"] == "incremental" and report[t]["rows"] == 5 for t in tables)
+
+
+def test_a_retried_task_resumes_its_job(airflow_db, dap_emulator_factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Airflow's real task_state_store carries the job id from the failed try to the retry."""
+    server = dap_emulator_factory(emulator=Emulator(EmulatorConfig(job_running_seconds=0.5), rows=5))
+    monkeypatch.setenv("AIRFLOW_CONN_INSTRUCTURE_FLAKY", server.connection_json(retry_limit=1, retry_delay=0.01))
+    server.emulator.faults.inject("get_job", "500", count=1)  # try 1 fails while waiting for its job
+    module = importlib.import_module("tests.dags.test_dag_query_retry")
+    run = module.dag.test()
+    assert run.state == "success"
+    assert server.emulator.stats.count("create_job") == 1
+    (meta,) = xcom_values(run.run_id, "query")
+    assert meta["kind"] == "snapshot" and server.emulator.jobs.created_count == 1

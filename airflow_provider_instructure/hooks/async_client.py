@@ -21,11 +21,11 @@ from airflow_provider_instructure.hooks.dap_protocol import (
     LOGIN_FORM,
     LOGIN_PATH,
     AccessToken,
-    TokenState,
     basic_auth_header,
     map_error,
     parse_json,
     parse_login_response,
+    shared_token_state,
 )
 from airflow_provider_instructure.hooks.retry import RetryPolicy, redact_url
 from airflow_provider_instructure.hooks.settings import DapSettings, read_settings
@@ -70,11 +70,15 @@ async def _amask(secret: str) -> None:
 
 
 class AsyncTokenCache:
-    """One token per connection settings and event loop; concurrent awaiters log in once."""
+    """Async access to the process's token for one connection; concurrent awaiters log in once.
+
+    The token itself is shared process-wide (with the sync hook too); the lock is per event
+    loop because asyncio locks cannot cross loops.
+    """
 
     def __init__(self, settings: DapSettings, log: Any) -> None:
         self.settings = settings
-        self.state = TokenState(settings.refresh_margin)
+        self.state = shared_token_state(settings, settings.refresh_margin)
         self._lock = asyncio.Lock()
         self._log = log
 

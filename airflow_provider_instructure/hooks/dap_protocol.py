@@ -155,6 +155,29 @@ class TokenState:
             self.token = None
 
 
+_SHARED_STATES: dict[Any, TokenState] = {}
+_SHARED_STATES_LOCK = threading.Lock()
+
+
+def shared_token_state(key: Any, margin: float) -> TokenState:
+    """The one :class:`TokenState` of this process for ``key`` (the connection settings).
+
+    The sync hook and the async trigger client both use it, so any code path in a process
+    that already holds a fresh token for a connection reuses it instead of logging in.
+    """
+    with _SHARED_STATES_LOCK:
+        state = _SHARED_STATES.get(key)
+        if state is None:
+            state = _SHARED_STATES[key] = TokenState(margin)
+        return state
+
+
+def clear_shared_token_states() -> None:
+    """Forget every token of this process (tests use it to count logins per case)."""
+    with _SHARED_STATES_LOCK:
+        _SHARED_STATES.clear()
+
+
 class SyncTokenCache:
     """Thread-safe token cache: concurrent callers trigger at most one login."""
 

@@ -33,15 +33,16 @@ from airflow_provider_instructure.hooks.dap_protocol import (
     AccessToken,
     JobStatus,
     SyncTokenCache,
-    TokenState,
     basic_auth_header,
     build_query,
     check_name,
+    clear_shared_token_states,
     job_expires_within,
     map_error,
     parse_json,
     parse_login_response,
     parse_timestamp,
+    shared_token_state,
 )
 from airflow_provider_instructure.hooks.downloads import ObjectDownloader, Truncated, UrlExpired
 from airflow_provider_instructure.hooks.retry import RetryPolicy, redact_url
@@ -66,6 +67,7 @@ def clear_token_caches() -> None:
     """Forget every cached JWT of this process (tests use it to count logins per case)."""
     with _TOKEN_CACHES_LOCK:
         _TOKEN_CACHES.clear()
+    clear_shared_token_states()
 
 
 class _BearerAuth(AuthBase):
@@ -201,7 +203,7 @@ class InstructureHook(BaseHook):
             cache = _TOKEN_CACHES.get(self.settings)
             if cache is None:
                 cache = _TOKEN_CACHES[self.settings] = SyncTokenCache(
-                    TokenState(self.settings.refresh_margin), self._login
+                    shared_token_state(self.settings, self.settings.refresh_margin), self._login
                 )
             return cache
 

@@ -193,12 +193,12 @@ class CD2QueryOperator(_InstructureOperator):
     :param snapshot_fallback: when DAP answers ``SnapshotRequiredError``/``OutOfRangeError`` to an
         incremental query, take a snapshot instead (``kind`` says so) rather than fail.
     :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
-    :param poll_interval: seconds between job status checks.
+    :param poll_interval: seconds between job status checks (templated).
     :param job_timeout: seconds to wait for the job before failing (None: no limit).
     :param instructure_conn_id: the ``instructure`` connection.
     """
 
-    template_fields: Sequence[str] = ("table", "namespace", "format", "mode", "since", "until")
+    template_fields: Sequence[str] = ("table", "namespace", "format", "mode", "since", "until", "poll_interval")
 
     def __init__(
         self,
@@ -224,7 +224,7 @@ class CD2QueryOperator(_InstructureOperator):
         self.until = until
         self.snapshot_fallback = snapshot_fallback
         self.deferrable = deferrable
-        self.poll_interval = poll_interval
+        self.poll_interval = poll_interval  # templated, so it may arrive as a string
         self.job_timeout = job_timeout
 
     # -- the query --------------------------------------------------------------------------------
@@ -245,6 +245,12 @@ class CD2QueryOperator(_InstructureOperator):
         return {"namespace": namespace, "table": self.table, **body}
 
     def _run_query(self, context: Context, since: datetime | str | None) -> Any:
+        try:
+            self.poll_interval = float(self.poll_interval)
+        except (TypeError, ValueError):
+            raise InstructureConfigError(
+                f"poll_interval must be a number of seconds, got {self.poll_interval!r}"
+            ) from None
         request = self._request(since)
         job, request = self._start_or_resume(context, request)
         status = JobStatus.of(job)
@@ -266,11 +272,11 @@ class CD2QueryOperator(_InstructureOperator):
         job = self.hook.wait_for_job(job["id"], poll_interval=self.poll_interval, timeout=self.job_timeout)
         return self._complete(context, job, request)
 
-    def execute_complete(self, context: Context, event: dict[str, Any], request: dict[str, Any]) -> Any:
+    def execute_complete(self, context: Context, event: dict[str, Any], request: dict[str, Any] | None = None) -> Any:
         """Resume after the trigger: turn its event into a result or an error."""
         status = event.get("status")
         if status == "complete":
-            return self._complete(context, event["job"], request)
+            return self._complete(context, event["job"], request or self._recall_request(context, event))
         if status == "failed":
             _JobMemory(context, self.log).forget()
             raise DapJobFailed(event["job_id"], (event.get("job") or {}).get("error"))
@@ -278,6 +284,19 @@ class CD2QueryOperator(_InstructureOperator):
             raise DapJobTimeout(event.get("message", "DAP job timed out"))
         # An error while waiting: fail this try; the retry resumes the same job id.
         raise InstructureError(f"Waiting for DAP job {event.get('job_id')} failed: {event.get('message')}")
+
+    def _recall_request(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        # dag.test() resumes with the event only (no defer kwargs): use the state store, else
+        # rebuild what the operator asked for.
+        saved = _JobMemory(context, self.log).recall()
+        if isinstance(saved, dict) and saved.get("job_id") == event.get("job_id"):
+            return {**saved["request"], **saved.get("effective", {})}
+        return {
+            "namespace": self.namespace or self.hook.settings.namespace,
+            "table": self.table,
+            "format": self.format,
+            "mode": self.mode,
+        }
 
     def _start_or_resume(self, context: Context, request: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         memory = _JobMemory(context, self.log)

@@ -9,7 +9,7 @@ import pytest
 
 from airflow_provider_instructure.emulator import Emulator, EmulatorConfig
 from airflow_provider_instructure.emulator.server import EmulatorServer
-from airflow_provider_instructure.hooks.instructure import InstructureHook
+from airflow_provider_instructure.hooks.instructure import InstructureHook, clear_token_caches
 from airflow_provider_instructure.triggers.cd2 import CD2JobTrigger
 
 
@@ -19,6 +19,12 @@ def slow_server(dap_emulator_factory, monkeypatch: pytest.MonkeyPatch) -> Emulat
     srv = dap_emulator_factory(emulator=Emulator(EmulatorConfig(job_progress="polls"), rows=10))
     monkeypatch.setenv("AIRFLOW_CONN_INSTRUCTURE_DEFAULT", srv.connection_json())
     return srv
+
+
+def as_triggerer(server: EmulatorServer) -> None:
+    """Forget the worker's token and counters: the triggerer is another process."""
+    clear_token_caches()
+    server.emulator.stats.reset()
 
 
 def events(trigger: CD2JobTrigger) -> list:
@@ -47,7 +53,7 @@ def test_serialize_round_trip() -> None:
 
 def test_complete_event_after_many_polls_with_one_login(slow_server: EmulatorServer) -> None:
     job = InstructureHook().start_query("users")  # the worker's own login
-    slow_server.emulator.stats.reset()
+    as_triggerer(slow_server)
     result = events(CD2JobTrigger(job["id"], poll_interval=0.01))
     assert len(result) == 1
     payload = result[0].payload
@@ -90,7 +96,7 @@ def test_transient_errors_while_polling_are_retried(slow_server: EmulatorServer)
 
 def test_revoked_token_relogs_in_once(slow_server: EmulatorServer) -> None:
     job = InstructureHook().start_query("users")
-    slow_server.emulator.stats.reset()
+    as_triggerer(slow_server)
     slow_server.emulator.faults.inject("get_job", "revoke_token")
     (event,) = events(CD2JobTrigger(job["id"], poll_interval=0.01))
     assert event.payload["status"] == "complete"
@@ -100,7 +106,7 @@ def test_revoked_token_relogs_in_once(slow_server: EmulatorServer) -> None:
 def test_hundred_triggers_share_one_login(slow_server: EmulatorServer) -> None:
     hook = InstructureHook()
     jobs = [hook.start_query(table)["id"] for table in ("users", "courses", "accounts", "scores")]
-    slow_server.emulator.stats.reset()
+    as_triggerer(slow_server)
 
     async def all_of_them() -> list:
         async def one(job_id: str) -> list:
@@ -136,3 +142,11 @@ def test_run_does_not_block_the_event_loop(slow_server: EmulatorServer) -> None:
     result, ticks = asyncio.run(main())
     assert result[0].payload["status"] == "complete"
     assert ticks >= 5
+
+
+def test_trigger_reuses_a_token_already_held_in_its_process(slow_server: EmulatorServer) -> None:
+    """dag.test() runs triggers in the worker's process: no second login there."""
+    job = InstructureHook().start_query("users")
+    (event,) = events(CD2JobTrigger(job["id"], poll_interval=0.01))
+    assert event.payload["status"] == "complete"
+    assert slow_server.emulator.stats.count("login") == 1
