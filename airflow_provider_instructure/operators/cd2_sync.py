@@ -1,0 +1,276 @@
+"""``CD2SyncTableOperator``: keep one SQL table equal to one Canvas Data 2 table.
+
+The operator orchestrates; the replication itself (bulk load, merge, state table, schema
+changes, swaps) lives in :mod:`airflow_provider_instructure.replication`, which speaks no
+HTTP, and all DAP calls go through the hook.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_instructure._compat import AirflowNotFoundException, Asset, BaseHook, Context
+from airflow_provider_instructure.assets import ALIAS_NAME, AssetAlias, emit_table_event, with_alias
+from airflow_provider_instructure.exceptions import InstructureConfigError, InstructureError
+from airflow_provider_instructure.operators.cd2 import CD2QueryOperator
+from airflow_provider_instructure.replication import (
+    ReplicationConfigError,
+    SnapshotRequired,
+    TableReplicator,
+    WatermarkError,
+)
+
+
+class _NeedSnapshot(Exception):
+    """The incremental cannot be applied in place; the table must be rebuilt from a snapshot."""
+
+
+#: Airflow connection types and the replication dialect that serves them.
+DIALECTS = {"postgres": "postgres", "postgresql": "postgres", "mysql": "mysql", "sqlite": "sqlite"}
+
+
+class CD2SyncTableOperator(CD2QueryOperator):
+    """Replicate one CD2 table into a PostgreSQL, MySQL/MariaDB or SQLite database.
+
+    * First run (no table or no watermark in the target): snapshot into a new table and record
+      the watermark (``at``) and schema version in the target's state table, in the same
+      transaction as the data.
+    * Later runs: an incremental from the stored watermark (never the wall clock); upserts and
+      hard deletes plus the new watermark (``until``) in one transaction, so a failed run leaves
+      the previous state and the rerun repeats the same window with the same result.
+    * ``SnapshotRequiredError``/``OutOfRangeError`` from DAP, or a schema change that cannot be
+      applied in place: a fresh snapshot is built beside the live table and swapped in
+      atomically. Additive changes (new nullable column, new enum value) are applied in place.
+    * A database created by the official ``dap initdb`` (PostgreSQL, MySQL) is continued
+      where ``dap syncdb`` left it.
+
+    The query is deferrable like :class:`CD2QueryOperator`'s; files go to a temporary directory
+    that is removed afterwards. Returned to XCom (and logged): rows inserted, updated and deleted,
+    the new watermark, schema version, bytes downloaded and seconds per phase. An Asset event is
+    emitted for ``instructure://<namespace>/<table>`` and for the destination table.
+
+    :param table: DAP table name.
+    :param namespace: DAP namespace.
+    :param destination_conn_id: a ``postgres``, ``mysql`` or ``sqlite`` Airflow connection.
+    :param destination_schema: PostgreSQL schema (default: the namespace), MySQL database
+        (default: the connection's) or SQLite attached database.
+    :param table_prefix: prepended to the table name (default: none on PostgreSQL,
+        ``<namespace>__`` on MySQL and SQLite, as ``dap`` names tables there).
+    :param download_concurrency: parallel downloads of result parts.
+    :param workdir: where to put downloaded parts (a temporary directory by default).
+    :param kwargs: :class:`CD2QueryOperator` arguments (``deferrable``, ``poll_interval``,
+        ``job_timeout``, ``instructure_conn_id``...). ``format``/``mode``/``since``/``until``
+        are chosen by the operator (TSV, condensed, from the stored watermark).
+    """
+
+    template_fields: Sequence[str] = (
+        "table",
+        "namespace",
+        "destination_conn_id",
+        "destination_schema",
+        "table_prefix",
+        "poll_interval",
+    )
+
+    def __init__(
+        self,
+        *,
+        table: str,
+        destination_conn_id: str,
+        namespace: str | None = "canvas",
+        destination_schema: str | None = None,
+        table_prefix: str | None = None,
+        download_concurrency: int = 4,
+        workdir: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        for fixed in ("format", "mode", "since", "until"):
+            if fixed in kwargs:
+                raise InstructureConfigError(
+                    f"CD2SyncTableOperator chooses {fixed!r} itself (TSV, condensed, from the stored watermark)"
+                )
+        kwargs["outlets"] = with_alias(kwargs.get("outlets"))
+        super().__init__(table=table, namespace=namespace, format="tsv", mode="condensed", **kwargs)
+        self.destination_conn_id = destination_conn_id
+        self.destination_schema = destination_schema
+        self.table_prefix = table_prefix
+        self.download_concurrency = download_concurrency
+        self.workdir = workdir
+
+    # -- destination -------------------------------------------------------------------------------
+
+    def _destination(self) -> tuple[Any, str, Any]:
+        """``(connection, dialect, db_hook)`` for the destination, with clear errors."""
+        try:
+            conn = BaseHook.get_connection(self.destination_conn_id)
+        except AirflowNotFoundException:
+            raise InstructureConfigError(
+                f"Destination connection {self.destination_conn_id!r} is not defined; create a postgres, mysql "
+                "or sqlite connection with that id"
+            ) from None
+        dialect = DIALECTS.get((conn.conn_type or "").lower())
+        if dialect is None:
+            raise InstructureConfigError(
+                f"Destination connection {self.destination_conn_id!r} has type {conn.conn_type!r}; "
+                f"supported types are {', '.join(sorted(set(DIALECTS)))}"
+            )
+        hook = conn.get_hook(hook_params={"local_infile": True} if dialect == "mysql" else None)
+        return conn, dialect, hook
+
+    def _replicator(self) -> TableReplicator:
+        conn, dialect, hook = self._destination()
+        try:
+            db = hook.get_conn()
+        except Exception as exc:  # driver errors name host/port; the password is not in them
+            raise InstructureConfigError(
+                f"Cannot connect to destination {self.destination_conn_id!r} ({conn.conn_type}://{conn.host or ''}"
+                f"{':' + str(conn.port) if conn.port else ''}/{conn.schema or ''}): {type(exc).__name__}: {exc}"
+            ) from None
+        namespace = self.namespace or self.hook.settings.namespace
+        try:
+            replicator = TableReplicator(
+                db,
+                dialect,
+                namespace,
+                self.table,
+                target_schema=self.destination_schema or None,
+                table_prefix=self.table_prefix,
+                log=self.log,
+            )
+            replicator.check_target()
+        except ReplicationConfigError as exc:
+            db.close()
+            raise InstructureConfigError(f"Destination {self.destination_conn_id!r}: {exc}") from None
+        self._db = db
+        return replicator
+
+    # -- the run ------------------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> Any:
+        self._started = time.monotonic()
+        replicator = self._replicator()  # every check before any data moves
+        try:
+            state = replicator.read_state()
+        finally:
+            self._db.close()
+        since = None
+        if state is None:
+            self.log.info("%s has no replica in %s yet: taking a snapshot", self.table, replicator.target_name)
+        else:
+            since = state.watermark
+            self.log.info(
+                "Continuing %s from watermark %s (schema version %s%s)",
+                replicator.target_name,
+                state.watermark.isoformat(),
+                state.schema_version,
+                ", a database of the dap CLI" if state.from_dap_cli else "",
+            )
+        return self._run_query(context, since)
+
+    def process_job(self, context: Context, meta: dict[str, Any]) -> dict[str, Any]:
+        started = getattr(self, "_started", None)
+        phases: dict[str, float] = {}
+        if started is not None:
+            phases["query"] = time.monotonic() - started
+        workdir = Path(tempfile.mkdtemp(prefix=f"cd2-{meta['table']}-", dir=self.workdir))
+        try:
+            clock = time.monotonic()
+            files = self.hook.download_objects(meta["objects"], workdir, concurrency=self.download_concurrency)
+            phases["download"] = time.monotonic() - clock
+            schema = self.hook.get_table_schema(meta["table"], meta["namespace"])
+            if schema["version"] != meta["schema_version"]:
+                raise InstructureError(
+                    f"The schema of {meta['namespace']}.{meta['table']} moved from version {meta['schema_version']} "
+                    f"to {schema['version']} while the job ran; the retry will query again"
+                )
+            replicator = self._replicator()
+            try:
+                result = self._apply(replicator, meta, workdir, schema)
+                destination = self._destination_uri(replicator)
+            finally:
+                self._db.close()
+        except _NeedSnapshot:
+            # Rebuild from a snapshot, swapped in atomically by the replicator. This may defer;
+            # the snapshot then comes back through process_job.
+            return self._run_query(context, None)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        summary = {
+            **result.to_dict(),
+            "namespace": meta["namespace"],
+            "table": meta["table"],
+            "job_id": meta["job_id"],
+            "kind": meta["kind"],
+            "destination_conn_id": self.destination_conn_id,
+            "destination": destination,
+            "bytes_downloaded": sum(f["size"] for f in files),
+            "seconds": {**{k: round(v, 3) for k, v in phases.items()}, **result.to_dict()["seconds"]},
+        }
+        if meta.get("fallback_reason"):
+            summary["fallback_reason"] = meta["fallback_reason"]
+        self.log.info(
+            "%s %s -> %s: %d inserted, %d updated, %d deleted; watermark %s; schema version %s; %d bytes; %s",
+            result.mode,
+            f"{meta['namespace']}.{meta['table']}",
+            result.target,
+            result.rows_inserted,
+            result.rows_updated,
+            result.rows_deleted,
+            summary["watermark"],
+            result.schema_version,
+            summary["bytes_downloaded"],
+            ", ".join(f"{k} {v:.2f}s" for k, v in summary["seconds"].items()),
+        )
+        self._emit(context, meta, summary)
+        return summary
+
+    def _apply(self, replicator: TableReplicator, meta: dict[str, Any], parts: Path, schema: dict[str, Any]) -> Any:
+        if meta["kind"] == "snapshot":
+            return replicator.apply_snapshot(parts, versioned_schema=schema, at=meta["at"], job_id=meta["job_id"])
+        try:
+            return replicator.apply_incremental(
+                parts, versioned_schema=schema, since=meta["since"], until=meta["until"], job_id=meta["job_id"]
+            )
+        except SnapshotRequired as exc:
+            self.log.warning("%s; taking a new snapshot of %s", exc, replicator.target_name)
+            raise _NeedSnapshot from exc
+        except WatermarkError as exc:
+            raise InstructureError(f"{replicator.target_name}: {exc}") from None
+
+    def _destination_uri(self, replicator: TableReplicator) -> str:
+        """The replica as an asset URI (the forms Airflow's postgres/mysql providers use)."""
+        conn = BaseHook.get_connection(self.destination_conn_id)
+        target = replicator.target
+        if replicator.dialect == "postgres":
+            return f"postgres://{conn.host}:{conn.port or 5432}/{conn.schema}/{target.schema}/{target.table}"
+        if replicator.dialect == "mysql":
+            return f"mysql://{conn.host}:{conn.port or 3306}/{target.schema}/{target.table}"
+        return f"sqlite:///{Path(conn.host or '').resolve()}/{target.table}"
+
+    def _emit(self, context: Context, meta: dict[str, Any], summary: dict[str, Any]) -> None:
+        extra = {
+            "watermark": summary["watermark"],
+            "schema_version": summary["schema_version"],
+            "kind": meta["kind"],
+            "job_id": meta["job_id"],
+            "rows_inserted": summary["rows_inserted"],
+            "rows_updated": summary["rows_updated"],
+            "rows_deleted": summary["rows_deleted"],
+            "destination": summary["destination"],
+        }
+        emit_table_event(context, self.outlets, meta["namespace"], meta["table"], extra)
+        events = context.get("outlet_events") if hasattr(context, "get") else None
+        if events is None:
+            return
+        try:
+            events[AssetAlias(ALIAS_NAME)].add(Asset(summary["destination"]), extra=extra)
+        except Exception as exc:  # lineage must never fail a sync that has committed
+            self.log.warning("Could not record the destination asset event: %s", exc)
+
+
+__all__ = ["CD2SyncTableOperator"]
