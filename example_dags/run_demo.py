@@ -7,6 +7,7 @@ creates a throw-away Airflow metadata database, then runs each example DAG with
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -93,10 +94,35 @@ def main() -> int:
         print_downloads(run_dag("example_dags.example_cd2_snapshot_to_files", conf))
         print(f"Files under {target}")
 
+        warehouse = REPO / "demo-output" / "warehouse.db"
+        os.environ["AIRFLOW_CONN_CD2_WAREHOUSE"] = json.dumps({"conn_type": "sqlite", "host": str(warehouse)})
+        banner(f"example_cd2_sync_to_database: every table into SQLite {warehouse} (first run: snapshots)")
+        print_syncs(run_dag("example_dags.example_cd2_sync_to_database", conf), warehouse)
+        changed = server.emulator.advance(updates=0.1, inserts=0.02, deletes=0.01)
+        banner(f"Emulator committed updates, inserts and hard deletes at {changed:%Y-%m-%dT%H:%M:%S}Z")
+        banner("example_cd2_sync_to_database again: incrementals from the watermarks stored in the warehouse")
+        print_syncs(run_dag("example_dags.example_cd2_sync_to_database", conf), warehouse)
+
         calls = server.emulator.stats.snapshot()
         banner("DAP calls made by the demo")
         print(", ".join(f"{route}={count}" for route, count in calls.items()))
     return 0
+
+
+def print_syncs(run, warehouse: Path) -> None:
+    import sqlite3
+
+    (report,) = xcom(run.run_id, "report")
+    db = sqlite3.connect(warehouse)
+    print(f"{'table':<20} {'mode':<12} {'rows now':>8} {'ins':>5} {'upd':>5} {'del':>5} {'seconds':>7}  watermark")
+    for table, info in sorted(report.items()):
+        name = info["target"].split(".", 1)[1]
+        (rows,) = db.execute(f'SELECT count(*) FROM "{name}"').fetchone()
+        print(
+            f"{table:<20} {info['mode']:<12} {rows:>8} {info['inserted']:>5} {info['updated']:>5} "
+            f"{info['deleted']:>5} {info['seconds']:>7.2f}  {info['watermark']}"
+        )
+    db.close()
 
 
 def print_downloads(run) -> None:

@@ -111,3 +111,41 @@ def test_a_retried_task_resumes_its_job(airflow_db, dap_emulator_factory, monkey
     assert server.emulator.stats.count("create_job") == 1
     (meta,) = xcom_values(run.run_id, "query")
     assert meta["kind"] == "snapshot" and server.emulator.jobs.created_count == 1
+
+
+def test_sync_to_database_dag(
+    airflow_db, dap_emulator_factory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import json
+    import sqlite3
+
+    from airflow.models.pool import Pool
+
+    server = dap_emulator_factory(emulator=Emulator(EmulatorConfig(job_running_seconds=0.2), rows=20))
+    monkeypatch.setenv("AIRFLOW_CONN_INSTRUCTURE_DEFAULT", server.connection_json())
+    warehouse = tmp_path / "warehouse.db"
+    monkeypatch.setenv("AIRFLOW_CONN_CD2_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(warehouse)}))
+    Pool.create_or_update_pool("cd2_api", 5, "DAP job creation", include_deferred=False)
+    module = importlib.import_module("example_dags.example_cd2_sync_to_database")
+    tables = sorted(server.emulator.dataset.tables["canvas"])
+
+    first = module.dag.test(run_conf={"poll_interval": 0.1})
+    assert first.state == "success"
+    (report,) = xcom_values(first.run_id, "report")
+    assert sorted(report) == tables and all(r["mode"] == "snapshot" and r["inserted"] == 20 for r in report.values())
+    server.emulator.advance(updates=3, inserts=2, deletes=1)
+    second = module.dag.test(run_conf={"poll_interval": 0.1})
+    assert second.state == "success"
+    (report,) = xcom_values(second.run_id, "report")
+    assert all(
+        (r["mode"], r["inserted"], r["updated"], r["deleted"]) == ("incremental", 2, 3, 1) for r in report.values()
+    )
+    db = sqlite3.connect(warehouse)
+    for table in tables:
+        (count,) = db.execute(f'SELECT count(*) FROM "canvas__{table}"').fetchone()
+        assert count == len(list(server.emulator.expected_rows("canvas", table)))
+    db.close()
+    replicas = [uri for uri, _, _ in asset_events("sqlite:")]
+    assert len(replicas) == 2 * len(tables)
+    sources = [extra for _, extra, task in asset_events("instructure://canvas/") if task == "sync"]
+    assert len(sources) == 2 * len(tables) and all(e["destination"].startswith("sqlite:") for e in sources)
