@@ -47,7 +47,7 @@ MYSQL_URL = os.environ.get("TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
 def unavailable(reason: str) -> None:
     """Skip locally, fail in CI."""
     if IN_CI:
-        pytest.fail(f"{reason} (CI=true: database tests must run, not skip)")
+        pytest.fail(f"{reason} (CI=true: this test must run, not skip)")
     pytest.skip(reason)
 
 
