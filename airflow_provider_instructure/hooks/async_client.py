@@ -22,9 +22,9 @@ from airflow_provider_instructure.hooks.dap_protocol import (
     LOGIN_PATH,
     AccessToken,
     basic_auth_header,
-    map_error,
-    parse_json,
     parse_login_response,
+    raise_for_error,
+    read_json,
     shared_token_state,
 )
 from airflow_provider_instructure.hooks.retry import RetryPolicy, redact_url
@@ -189,19 +189,13 @@ class AsyncDapClient:
             async for attempt in AsyncRetrying(**self._policy.tenacity_kwargs(what)):
                 with attempt:
                     response = await self._send(method, path, json)
-                    if response.status_code >= 400:
-                        raise map_error(
-                            response.status_code,
-                            response.headers.get("Content-Type"),
-                            response.text,
-                            response.headers.get("Retry-After"),
-                        )
+                    raise_for_error(response)
         except TRANSPORT_ERRORS as exc:
             raise DapConnectionError(
                 f"{what}: DAP at {self.settings.base_url} could not be reached "
                 f"({type(exc).__name__}: {redact_url(str(exc))})"
             ) from None
-        return parse_json(response.status_code, response.headers.get("Content-Type"), response.text, what)
+        return read_json(response, what)
 
     async def get_job(self, job_id: str) -> dict[str, Any]:
         return await self.request_json("GET", f"/dap/job/{job_id}", what=f"Get job {job_id}")

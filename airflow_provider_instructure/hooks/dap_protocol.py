@@ -305,6 +305,23 @@ def parse_json(status: int, content_type: str | None, text: str, what: str) -> d
     return body
 
 
+def raise_for_error(response: Any) -> None:
+    """Raise the typed error for an error answer of either transport (``requests`` or ``httpx``
+    responses both offer ``status_code``, ``headers`` and ``text``)."""
+    if response.status_code >= 400:
+        raise map_error(
+            response.status_code,
+            response.headers.get("Content-Type"),
+            response.text,
+            response.headers.get("Retry-After"),
+        )
+
+
+def read_json(response: Any, what: str) -> dict[str, Any]:
+    """The JSON object of a 2xx answer of either transport."""
+    return parse_json(response.status_code, response.headers.get("Content-Type"), response.text, what)
+
+
 def is_retryable(exc: BaseException) -> bool:
     """429, 5xx and unparseable proxy answers; never 400/401/403/404 (transport errors are
     classified by each transport)."""

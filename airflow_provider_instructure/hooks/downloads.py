@@ -26,6 +26,8 @@ from airflow_provider_instructure.hooks.dap_protocol import map_error
 from airflow_provider_instructure.hooks.retry import RetryPolicy
 
 CHUNK = 1 << 20
+#: Most bytes one inflate step produces (row counting and ``decompress=True``).
+INFLATE_PIECE = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -241,15 +243,22 @@ class ObjectDownloader:
                 with sink.open(temp) as out:
                     for chunk in response.iter_content(CHUNK):
                         received += len(chunk)
-                        data = chunk
                         if inflater is not None:
-                            plain = inflater.decompress(chunk)
-                            newlines += plain.count(b"\n")
-                            if gunzip:
-                                data = plain
-                        if data:
-                            out.write(data)
-                            written += len(data)
+                            # Inflate in bounded pieces: a 1 MiB block of text can expand
+                            # tenfold, and 4 parallel downloads would hold all of that at once.
+                            pending = chunk
+                            while True:
+                                plain = inflater.decompress(pending, INFLATE_PIECE)
+                                newlines += plain.count(b"\n")
+                                if gunzip and plain:
+                                    out.write(plain)
+                                    written += len(plain)
+                                pending = inflater.unconsumed_tail
+                                if not pending and len(plain) < INFLATE_PIECE:
+                                    break
+                        if (inflater is None or not gunzip) and chunk:
+                            out.write(chunk)
+                            written += len(chunk)
                     if inflater is not None and gunzip:
                         tail = inflater.flush()
                         out.write(tail)

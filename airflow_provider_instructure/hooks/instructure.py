@@ -38,10 +38,10 @@ from airflow_provider_instructure.hooks.dap_protocol import (
     check_name,
     clear_shared_token_states,
     job_expires_within,
-    map_error,
-    parse_json,
     parse_login_response,
     parse_timestamp,
+    raise_for_error,
+    read_json,
     shared_token_state,
 )
 from airflow_provider_instructure.hooks.downloads import ObjectDownloader, Truncated, UrlExpired
@@ -295,13 +295,7 @@ class InstructureHook(BaseHook):
                     response = self.session.request(
                         method, url, json=json, params=params, timeout=(settings.connect_timeout, settings.timeout)
                     )
-                    if response.status_code >= 400:
-                        raise map_error(
-                            response.status_code,
-                            response.headers.get("Content-Type"),
-                            response.text,
-                            response.headers.get("Retry-After"),
-                        )
+                    raise_for_error(response)
         except TRANSPORT_ERRORS as exc:
             raise DapConnectionError(
                 f"{what}: DAP at {settings.base_url} could not be reached after {settings.retry_limit} attempts "
@@ -310,8 +304,7 @@ class InstructureHook(BaseHook):
         return response
 
     def _json(self, method: str, path: str, *, what: str, **kwargs: Any) -> dict[str, Any]:
-        response = self._request(method, path, what=what, **kwargs)
-        return parse_json(response.status_code, response.headers.get("Content-Type"), response.text, what)
+        return read_json(self._request(method, path, what=what, **kwargs), what)
 
     def _namespace(self, namespace: str | None) -> str:
         return _checked(namespace or self.settings.namespace, "namespace")
