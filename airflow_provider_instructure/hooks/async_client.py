@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 from tenacity import AsyncRetrying
 
-from airflow_provider_instructure import __version__
 from airflow_provider_instructure.exceptions import DapConnectionError, InstructureConfigError
 from airflow_provider_instructure.hooks.dap_protocol import (
     LOGIN_FORM,
     LOGIN_PATH,
+    USER_AGENT,
     AccessToken,
     basic_auth_header,
     parse_login_response,
@@ -30,7 +30,6 @@ from airflow_provider_instructure.hooks.dap_protocol import (
 from airflow_provider_instructure.hooks.retry import RetryPolicy, redact_url
 from airflow_provider_instructure.hooks.settings import DapSettings, read_settings
 
-USER_AGENT = f"airflow-provider-instructure/{__version__}"
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx.TransportError,)
 
 

@@ -19,6 +19,7 @@ from email.utils import parsedate_to_datetime
 from enum import Enum
 from typing import Any
 
+from airflow_provider_instructure import __version__
 from airflow_provider_instructure.exceptions import (
     DapAccountError,
     DapApiError,
@@ -33,6 +34,8 @@ from airflow_provider_instructure.exceptions import (
     DapValidationError,
 )
 
+#: ``User-Agent`` of every request; the version is the package's single source of truth.
+USER_AGENT = f"airflow-provider-instructure/{__version__}"
 LOGIN_PATH = "/ids/auth/login"
 LOGIN_FORM = {"grant_type": "client_credentials"}
 DEFAULT_API_URL = "https://api-gateway.instructure.com"

@@ -17,7 +17,6 @@ from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 from tenacity import Retrying
 
-from airflow_provider_instructure import __version__
 from airflow_provider_instructure._compat import AirflowNotFoundException, BaseHook, mask_secret
 from airflow_provider_instructure.exceptions import (
     DapApiError,
@@ -30,6 +29,7 @@ from airflow_provider_instructure.exceptions import (
 from airflow_provider_instructure.hooks.dap_protocol import (
     LOGIN_FORM,
     LOGIN_PATH,
+    USER_AGENT,
     AccessToken,
     JobStatus,
     SyncTokenCache,
@@ -48,7 +48,6 @@ from airflow_provider_instructure.hooks.downloads import ObjectDownloader, Trunc
 from airflow_provider_instructure.hooks.retry import RetryPolicy, redact_url
 from airflow_provider_instructure.hooks.settings import DapSettings, read_settings
 
-USER_AGENT = f"airflow-provider-instructure/{__version__}"
 KNOWN_NAMESPACES = ("canvas", "canvas_logs", "catalog", "new_quizzes")
 
 #: Transport failures worth another attempt (the request may not have reached DAP).
