@@ -5,12 +5,14 @@ every part starts with its own header row (``meta.ts``, ``meta.action``, ``key.<
 ``value.<col>``; dap-api.md section 7.3). The body uses PostgreSQL COPY text escapes
 (``\\N`` NULL, ``\\t``, ``\\n``, ``\\\\``...), so PostgreSQL can load it byte for byte.
 
-Nothing here builds Python objects per row except :func:`iter_rows`, which SQLite needs
+Nothing here parses fields into Python values except :func:`iter_rows`, which SQLite needs
 because it has no bulk loader. The other readers move whole blocks of complete lines:
 
 * :func:`iter_body_chunks` yields the body of a part (header skipped) in ~1 MiB blocks that
   end on a line boundary, optionally cutting the leading ``meta.*`` fields off every line
-  with one regular-expression pass per block;
+  (one split and join per block, the rest of each line untouched);
+* :func:`prefetch` produces those blocks on a background thread, so that decompressing the
+  next block overlaps with the database reading the previous one;
 * :func:`mysql_transcode` rewrites the two escapes MySQL's ``LOAD DATA`` does not know
   (``\\f``, ``\\v``) into raw bytes.
 
@@ -20,12 +22,15 @@ makes block-wise processing safe.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Full, Queue
 from typing import BinaryIO
 
 from airflow_provider_instructure.dap_schema import Column, TableSchema
@@ -161,8 +166,21 @@ def read_part(path: Path, schema: TableSchema, *, incremental: bool) -> Part:
     return part
 
 
-def _strip_pattern(count: int) -> re.Pattern[bytes]:
-    return re.compile(rb"^(?:[^\t\n]*\t){%d}" % count, re.MULTILINE)
+def strip_leading_fields(block: bytes, count: int) -> bytes:
+    """Cut the first ``count`` tab-terminated fields off every line of ``block``.
+
+    A line with fewer fields is left as it is (the database then reports its field count).
+    Splitting is about twice as fast as an equivalent multi-line regular expression.
+    """
+    lines = block.split(b"\n")
+    if count == 1:
+        out = [line.partition(b"\t")[2] if b"\t" in line else line for line in lines]
+    else:
+        out = []
+        for line in lines:
+            fields = line.split(b"\t", count)
+            out.append(fields[count] if len(fields) > count else line)
+    return b"\n".join(out)
 
 
 def iter_body_chunks(part: Part, *, drop_leading: int = 0, size: int = CHUNK_SIZE) -> Iterator[bytes]:
@@ -171,7 +189,7 @@ def iter_body_chunks(part: Part, *, drop_leading: int = 0, size: int = CHUNK_SIZ
     :param drop_leading: cut this many leading fields off every record (the ``meta.*``
         fields when they lead, so the rest maps straight onto table columns).
     """
-    strip = _strip_pattern(drop_leading) if drop_leading else None
+    strip = functools.partial(strip_leading_fields, count=drop_leading) if drop_leading else None
     with open_part(part.path) as fh:
         fh.readline()
         rest = b""
@@ -187,10 +205,68 @@ def iter_body_chunks(part: Part, *, drop_leading: int = 0, size: int = CHUNK_SIZ
                 continue
             rest = block[cut:]
             chunk = block[:cut]
-            yield strip.sub(b"", chunk) if strip is not None else chunk
+            yield strip(chunk) if strip is not None else chunk
         if rest.strip(b"\r\n"):
             chunk = rest if rest.endswith(b"\n") else rest + b"\n"
-            yield strip.sub(b"", chunk) if strip is not None else chunk
+            yield strip(chunk) if strip is not None else chunk
+
+
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+
+
+def prefetch(chunks: Iterable[bytes], depth: int = 4) -> Iterator[bytes]:
+    """Produce ``chunks`` on a background thread, up to ``depth`` blocks ahead of the consumer.
+
+    Reading, gunzipping and cutting the next block then overlap with sending the previous
+    one to the database (zlib and socket writes release the GIL). Errors of the producer are
+    raised in the consumer; closing the returned generator (use :func:`contextlib.closing`)
+    stops the producer and closes its source.
+    """
+    queue: Queue[object] = Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                queue.put(item, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def produce() -> None:
+        source = iter(chunks)
+        end: object = _END
+        try:
+            for chunk in source:
+                if not put(chunk):
+                    return
+        except BaseException as exc:  # handed to the consumer, which raises it
+            end = _Failed(exc)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+        put(end)
+
+    thread = threading.Thread(target=produce, name="dap-tsv-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = queue.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join()
 
 
 class ChunkFile(io.RawIOBase):
