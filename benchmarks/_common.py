@@ -12,6 +12,7 @@ Everything talks to 127.0.0.1 only; no Instructure host is ever called.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -46,9 +47,23 @@ def dap_python() -> Path:
     return dap_cli().parent / "python"
 
 
+_AIRFLOW_HOME: Path | None = None
+
+
+def airflow_home() -> Path:
+    """A temporary ``AIRFLOW_HOME`` for this run (removed at exit): nothing touches ``~/airflow``."""
+    global _AIRFLOW_HOME
+    if _AIRFLOW_HOME is None:
+        _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="bench-airflow-home-"))
+        atexit.register(shutil.rmtree, _AIRFLOW_HOME, ignore_errors=True)
+    return _AIRFLOW_HOME
+
+
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment for child processes: no ``DAP_*``/``AIRFLOW_CONN_*`` leaking in from outside."""
+    """The environment for child processes: no ``DAP_*``/``AIRFLOW_CONN_*`` leaking in from outside,
+    and a temporary ``AIRFLOW_HOME`` unless ``extra`` names one."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DAP_", "AIRFLOW_CONN_"))}
+    env["AIRFLOW_HOME"] = str(airflow_home())
     env["DAP_TRACKING"] = "false"
     env["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
     env["PYTHONUNBUFFERED"] = "1"

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # the benchmarks folder is not a package: found through sys.path
     EmulatorProcess,
     Measured,
+    airflow_home,
     baseline_rss,
     clean_env,
     dap_python,
@@ -115,11 +116,10 @@ def run_size(args: argparse.Namespace, target_mb: float, per_row: float) -> list
             f"job {job['id']}: {len(job['objects'])} part(s), {human_bytes(size)}, "
             f"generated in {time.perf_counter() - clock:.0f} s (not timed)"
         )
-        airflow_home = temp_dir("bench-airflow-home-")
         ours_dir = temp_dir("bench-download-ours-")
         dap_dir = temp_dir("bench-download-dap-")
         try:
-            env = clean_env(AIRFLOW_HOME=str(airflow_home), AIRFLOW_CONN_INSTRUCTURE_DEFAULT=emulator.connection_json())
+            env = clean_env(AIRFLOW_CONN_INSTRUCTURE_DEFAULT=emulator.connection_json())
             ours_base = baseline_rss(sys.executable, HOOK_IMPORTS, env)
             dap_base = baseline_rss(dap_python(), DAP_IMPORTS, clean_env())
             measured: list[tuple[str, Measured, float, int, int, float | str]] = []
@@ -156,7 +156,7 @@ def run_size(args: argparse.Namespace, target_mb: float, per_row: float) -> list
             if jobs != 1:
                 sys.exit(f"the emulator created {jobs} jobs: the clients did not share the warmed job")
         finally:
-            for folder in (ours_dir, dap_dir, airflow_home):
+            for folder in (ours_dir, dap_dir):
                 remove(folder)
     for label, m, base, n, b, inner in measured:
         if b != size:
@@ -194,6 +194,7 @@ def main() -> None:
         worker(args)
         return
     os.environ.setdefault("DAP_TRACKING", "false")
+    os.environ["AIRFLOW_HOME"] = str(airflow_home())
     per_row = bytes_per_row(args.namespace, args.table, args.format)
     sizes = [args.mb[0]] if args.rows else args.mb
     rows: list[list[object]] = []

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import secrets
 import shutil
 import sys
@@ -45,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # the benchmarks folder is not a package: found through sys.path
     EmulatorProcess,
     Measured,
+    airflow_home,
     baseline_rss,
     clean_env,
     dap_python,
@@ -219,8 +221,6 @@ class Bench:
         self.db_ours = f"bench_{tag}_ours"
         self.db_raw = f"bench_{tag}_raw"
         self.work = temp_dir("bench-sync-")
-        self.airflow_home = self.work / "airflow-home"
-        self.airflow_home.mkdir()
         self.results: list[list[object]] = []
         self.ratios: list[list[object]] = []
         self.phases: list[list[object]] = []
@@ -255,7 +255,6 @@ class Bench:
         checkpoint(self.args)
         log("ours: CD2SyncTableOperator.execute")
         env = clean_env(
-            AIRFLOW_HOME=str(self.airflow_home),
             AIRFLOW_CONN_INSTRUCTURE_DEFAULT=emulator.connection_json(),
             **{f"AIRFLOW_CONN_{CONN_ID.upper()}": airflow_conn(self.args, self.db_ours)},
         )
@@ -348,8 +347,10 @@ class Bench:
         self.create_databases()
         try:
             with EmulatorProcess({name: a.rows}, rows_per_part=a.rows_per_part) as emulator:
-                ours_env = clean_env(AIRFLOW_HOME=str(self.airflow_home))
-                bases = (baseline_rss(sys.executable, OURS_IMPORTS, ours_env), baseline_rss(dap_python(), DAP_IMPORTS))
+                bases = (
+                    baseline_rss(sys.executable, OURS_IMPORTS, clean_env()),
+                    baseline_rss(dap_python(), DAP_IMPORTS, clean_env()),
+                )
                 clock = time.perf_counter()
                 # What both `dap initdb` and the operator send: TSV, condensed, no since.
                 snap = emulator.query(a.namespace, a.table, {"format": "tsv", "mode": "condensed"})
@@ -422,6 +423,8 @@ def main() -> None:
     parser.add_argument("--worker-arg", default="", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not args.worker:
+        os.environ["AIRFLOW_HOME"] = str(airflow_home())
     if args.worker == "sync":
         worker_sync(args)
     elif args.worker == "raw-copy":
