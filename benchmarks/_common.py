@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -202,7 +203,9 @@ class EmulatorProcess:
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
+            # SIGINT, not SIGTERM: the emulator's CLI then shuts down through its own clean-up,
+            # which removes its result files (uvicorn re-raises SIGTERM, which skips it).
+            self._proc.send_signal(signal.SIGINT)
             try:
                 self._proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
