@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from datetime import datetime
 
@@ -21,6 +22,10 @@ def _rows(values: list[str]) -> int | dict[str, int]:
             raise argparse.ArgumentTypeError(f"--rows expects N or TABLE=N, got {item!r}")
         out[name] = int(count)
     return out
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  ClientID: {server.client_id}", flush=True)
     print(f"  Secret:   {server.client_secret}", flush=True)
     print(f"  Control:  {server.url}/_emulator/stats (see README: 'The DAP emulator')", flush=True)
+    # uvicorn re-raises SIGTERM after its graceful shutdown; make that an exception so the
+    # result files are removed on `kill` as they are on Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -124,6 +124,9 @@ class ObjectDownloader:
     :param retry: the retry policy (transport errors, 5xx, truncation and expiry are retried).
     :param concurrency: parallel downloads.
     :param decompress: gunzip text formats on the fly (the ``.gz`` suffix is dropped).
+    :param inspect: inflate gzip parts in-stream to count rows and check the gzip trailer even
+        when they are stored compressed; callers that read every byte anyway (a database load)
+        turn it off and keep the Content-Length check.
     :param url_batch: object ids per URL request.
     :param url_max_age: seconds after which a cached URL is fetched again before use.
     :param timeout: ``(connect, read)`` timeouts per request.
@@ -138,6 +141,7 @@ class ObjectDownloader:
         *,
         concurrency: int = 4,
         decompress: bool = False,
+        inspect: bool = True,
         url_batch: int = 100,
         url_max_age: float = 600.0,
         timeout: tuple[float, float] = (10.0, 300.0),
@@ -150,6 +154,7 @@ class ObjectDownloader:
         self._retry = retry
         self._concurrency = concurrency
         self._decompress = decompress
+        self._inspect = inspect
         self._url_batch = max(1, url_batch)
         self._url_max_age = url_max_age
         self._timeout = timeout
@@ -226,7 +231,8 @@ class ObjectDownloader:
         self, object_id: str, url: str, sink: _Sink, final_name: str, fmt: str, gunzip: bool
     ) -> DownloadedFile:
         temp = sink.temp(final_name)
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if fmt in ("tsv", "jsonl", "csv") else None
+        text = fmt in ("tsv", "jsonl", "csv")
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if text and (gunzip or self._inspect) else None
         newlines = 0
         written = 0
         received = 0
@@ -271,7 +277,7 @@ class ObjectDownloader:
         except BaseException:
             sink.discard(temp)
             raise
-        rows = _row_count(fmt, newlines, sink, final_name)
+        rows = _row_count(fmt, newlines, sink, final_name) if inflater is not None or fmt == "parquet" else None
         self._log.info("Downloaded %s (%d bytes%s)", final_name, written, f", {rows} rows" if rows is not None else "")
         return DownloadedFile(object_id, sink.uri(sink.final(final_name)), written, rows)
 

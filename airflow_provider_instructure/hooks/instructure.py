@@ -474,6 +474,7 @@ class InstructureHook(BaseHook):
         *,
         concurrency: int = 4,
         decompress: bool = False,
+        inspect: bool = True,
     ) -> list[dict[str, Any]]:
         """Download every result object of a complete job into ``target``.
 
@@ -482,6 +483,8 @@ class InstructureHook(BaseHook):
             their Airflow providers).
         :param concurrency: parallel downloads.
         :param decompress: gunzip TSV/CSV/JSONL on the fly (not valid for parquet).
+        :param inspect: inflate compressed parts in-stream to count rows and verify the gzip
+            trailer; turn off when the consumer reads every byte anyway.
         :returns: per file ``{"object_id", "path", "size", "rows"}`` (rows when cheap to know).
         """
         if isinstance(job, dict):
@@ -499,6 +502,7 @@ class InstructureHook(BaseHook):
             RetryPolicy(settings, (*TRANSPORT_ERRORS, Truncated, UrlExpired), self.log),
             concurrency=concurrency,
             decompress=decompress,
+            inspect=inspect,
             url_batch=self.url_batch,
             url_max_age=self.url_max_age,
             timeout=(settings.connect_timeout, max(settings.timeout, 300.0)),

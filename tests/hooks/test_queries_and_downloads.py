@@ -263,3 +263,15 @@ def test_expired_job_is_404(server: EmulatorServer) -> None:
         hook.get_job(job["id"])
     with pytest.raises(InstructureConfigError):
         hook.get_job("../etc/passwd")
+
+
+def test_inspect_off_keeps_files_compressed_and_skips_counting(server: EmulatorServer, tmp_path: Path) -> None:
+    hook = InstructureHook(**FAST)
+    job = run(hook, "users", "canvas", format="tsv")
+    files = hook.download_objects(job, tmp_path, inspect=False)
+    assert all(f["rows"] is None and f["path"].endswith(".tsv.gz") for f in files)
+    records = read_records([Path(f["path"]) for f in files], "tsv", hook.get_table_schema("users"))
+    assert len(records) == 25
+    server.emulator.faults.inject("download", "truncate", count=1)  # Content-Length still catches it
+    again = hook.download_objects(job, tmp_path / "again", inspect=False)
+    assert len(read_records([Path(f["path"]) for f in again], "tsv", hook.get_table_schema("users"))) == 25
