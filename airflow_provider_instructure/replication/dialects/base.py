@@ -19,7 +19,11 @@ from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 from airflow_provider_instructure.dap_schema import Column, TableSchema
-from airflow_provider_instructure.replication.errors import ConcurrentReplicationError, ReplicationConfigError
+from airflow_provider_instructure.replication.errors import (
+    ConcurrentReplicationError,
+    ReplicationConfigError,
+    ReplicationError,
+)
 from airflow_provider_instructure.replication.schema_changes import SchemaChange
 from airflow_provider_instructure.replication.tsv import Part
 
@@ -125,6 +129,27 @@ class LoadJob:
     @property
     def key_names(self) -> list[str]:
         return [c.name for c in self.schema.key_columns]
+
+    def incoming_fields(self) -> dict[str, bool]:
+        """Incremental only: every column the parts carry (meta included), in first-seen order,
+        mapped to whether it is a ``meta.*`` field.
+
+        :raises ReplicationError: a data column the live table lacks (its schema change was not applied).
+        """
+        fields: dict[str, bool] = {}
+        for part in self.parts:
+            for f in part.fields:
+                fields.setdefault(f.name, f.is_meta)
+        missing = [name for name, meta in fields.items() if not meta and name not in self.live]
+        if missing:
+            raise ReplicationError(
+                f"{self.target.display} lacks column(s) {missing} the data carries; apply the schema change first"
+            )
+        return fields
+
+    def data_columns(self) -> list[str]:
+        """Incremental only: the key and value columns the parts carry (see :meth:`incoming_fields`)."""
+        return [name for name, meta in self.incoming_fields().items() if not meta]
 
 
 class Dialect(ABC):

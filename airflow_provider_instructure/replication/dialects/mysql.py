@@ -67,7 +67,6 @@ from airflow_provider_instructure.replication.dialects.base import (
 from airflow_provider_instructure.replication.errors import (
     DataLoadError,
     ReplicationConfigError,
-    ReplicationError,
     TsvFormatError,
 )
 from airflow_provider_instructure.replication.schema_changes import SchemaChange
@@ -539,16 +538,7 @@ class MySQLDialect(Dialect):
         live = job.live
         q = self.quote
         stage = q(STAGE)
-        fields: dict[str, bool] = {}
-        for part in job.parts:
-            for f in part.fields:
-                fields.setdefault(f.name, f.is_meta)
-        data_cols = [name for name, meta in fields.items() if not meta]
-        missing = [name for name in data_cols if name not in live]
-        if missing:
-            raise ReplicationError(
-                f"{t.display} lacks column(s) {missing} the data carries; apply the schema change first"
-            )
+        data_cols = job.data_columns()
         counts = LoadCounts()
         live_sql = self.qualified(t)
         action = q(META_ACTION)

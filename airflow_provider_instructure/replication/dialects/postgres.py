@@ -470,16 +470,8 @@ class PostgresDialect(Dialect):
         keys = job.key_names
         live = job.live
         stage = self.quote(STAGE)
-        fields: dict[str, bool] = {}  # staging column -> is meta, in first-seen order
-        for part in job.parts:
-            for f in part.fields:
-                fields.setdefault(f.name, f.is_meta)
+        fields = job.incoming_fields()  # staging column -> is meta
         data_cols = [name for name, meta in fields.items() if not meta]
-        missing = [name for name in data_cols if name not in live]
-        if missing:
-            raise ReplicationError(
-                f"{t.display} lacks column(s) {missing} the data carries; apply the schema change first"
-            )
         counts = LoadCounts()
         with self.transaction(timer=job.timer) as cur:
             with job.timer.phase("prepare"):

@@ -31,7 +31,7 @@ from airflow_provider_instructure.replication.dialects.base import (
     LoadJob,
     Target,
 )
-from airflow_provider_instructure.replication.errors import ReplicationConfigError, ReplicationError, TsvFormatError
+from airflow_provider_instructure.replication.errors import ReplicationConfigError, TsvFormatError
 from airflow_provider_instructure.replication.schema_changes import SchemaChange
 from airflow_provider_instructure.replication.tsv import META_ACTION, Part, iter_rows
 from airflow_provider_instructure.replication.types import sql_type
@@ -273,16 +273,7 @@ class SQLiteDialect(Dialect):
         live = job.live
         q = self.quote
         stage = f"temp.{q(STAGE)}"
-        fields: dict[str, bool] = {}
-        for part in job.parts:
-            for f in part.fields:
-                fields.setdefault(f.name, f.is_meta)
-        data_cols = [name for name, meta in fields.items() if not meta]
-        missing = [name for name in data_cols if name not in live]
-        if missing:
-            raise ReplicationError(
-                f"{t.display} lacks column(s) {missing} the data carries; apply the schema change first"
-            )
+        data_cols = job.data_columns()
         counts = LoadCounts()
         live_sql = self.qualified(t)
         action = q(META_ACTION)
