@@ -23,7 +23,7 @@ from tenacity import Retrying
 
 from airflow_provider_instructure.exceptions import DapDownloadError, DapServerError, InstructureConfigError
 from airflow_provider_instructure.hooks.dap_protocol import map_error
-from airflow_provider_instructure.hooks.retry import RetryPolicy
+from airflow_provider_instructure.hooks.retry import RetryPolicy, redact_url
 
 CHUNK = 1 << 20
 #: Most bytes one inflate step produces (row counting and ``decompress=True``).
@@ -214,17 +214,25 @@ class ObjectDownloader:
         final_name = name[: -len(".gz")] if gunzip else name
         refresh = False
         kwargs = self._retry.tenacity_kwargs(f"Download of {object_id}")
-        for attempt in Retrying(**kwargs):
-            with attempt:
-                url = self._url(object_id, refresh=refresh)
-                refresh = False
-                try:
-                    done = self._transfer(object_id, url, sink, final_name, fmt, gunzip)
-                except UrlExpired:
-                    refresh = True
-                    raise
-                self._done(object_id)
-                return done
+        try:
+            for attempt in Retrying(**kwargs):
+                with attempt:
+                    url = self._url(object_id, refresh=refresh)
+                    refresh = False
+                    try:
+                        done = self._transfer(object_id, url, sink, final_name, fmt, gunzip)
+                    except UrlExpired:
+                        refresh = True
+                        raise
+                    self._done(object_id)
+                    return done
+        except DapDownloadError:
+            raise
+        except self._retry.transport_errors as exc:
+            # requests puts the whole pre-signed URL, signature included, into its messages.
+            raise DapDownloadError(
+                f"download of {object_id} failed after retries: {type(exc).__name__}: {redact_url(str(exc))}"
+            ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _transfer(

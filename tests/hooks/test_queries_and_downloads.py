@@ -276,3 +276,23 @@ def test_inspect_off_keeps_files_compressed_and_skips_counting(server: EmulatorS
     server.emulator.faults.inject("download", "truncate", count=1)  # Content-Length still catches it
     again = hook.download_objects(job, tmp_path / "again", inspect=False)
     assert len(read_records([Path(f["path"]) for f in again], "tsv", hook.get_table_schema("users"))) == 25
+
+
+def test_unreachable_file_server_error_hides_the_url_signature(
+    server: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed: connection refused
+    hook = InstructureHook(retry_limit=2, **FAST)
+    job = run(hook, "users", "canvas", format="jsonl")
+    signed = "X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=deadbeef0123456789"
+    monkeypatch.setattr(
+        hook, "get_object_urls", lambda ids: {i: f"http://127.0.0.1:{port}/files/{i}?{signed}" for i in ids}
+    )
+    with pytest.raises(DapDownloadError) as info:
+        hook.download_objects(job, tmp_path)
+    assert "deadbeef0123456789" not in str(info.value) and "AKIAEXAMPLE" not in str(info.value)
+    assert "X-Amz-Signature=***" in str(info.value)
