@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from airflow_provider_instructure._compat import BaseOperator, Context, conf
 from airflow_provider_instructure.assets import emit_table_event, with_alias
@@ -50,11 +50,30 @@ def filter_tables(tables: Sequence[str], include: Sequence[str], exclude: Sequen
 
 
 class _InstructureOperator(BaseOperator):
-    """Holds the connection id and builds the hook lazily (never at DAG-parse time)."""
+    """Holds the connection id and builds the hook lazily (never at DAG-parse time).
+
+    Operators that record table asset events (``emits_table_assets = True``) get the provider's
+    :class:`AssetAlias` among their outlets, mapped or not. For ``.partial().expand()`` this must
+    happen in ``partial()``: a mapped task's ``__init__`` only runs on the worker, so an alias
+    added there is missing from the serialized DAG, the dag-processor never creates its row,
+    and the first tasks to finish together race to insert it (``idx_asset_alias_name_unique``).
+    """
+
+    #: Whether this operator emits ``instructure://<namespace>/<table>`` events through the alias.
+    emits_table_assets: ClassVar[bool] = False
 
     def __init__(self, *, instructure_conn_id: str = InstructureHook.default_conn_name, **kwargs: Any) -> None:
+        if self.emits_table_assets:
+            kwargs["outlets"] = with_alias(kwargs.get("outlets"))
         super().__init__(**kwargs)
         self.instructure_conn_id = instructure_conn_id
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
+        """:meth:`BaseOperator.partial`, with the asset alias declared where the DAG is serialized."""
+        if cls.emits_table_assets:
+            kwargs["outlets"] = with_alias(kwargs.get("outlets"))
+        return super().partial(**kwargs)
 
     @cached_property
     def hook(self) -> InstructureHook:
@@ -428,6 +447,7 @@ class CD2DownloadOperator(CD2QueryOperator):
     """
 
     template_fields: Sequence[str] = (*CD2QueryOperator.template_fields, "job", "target")
+    emits_table_assets = True
 
     def __init__(
         self,
@@ -444,7 +464,6 @@ class CD2DownloadOperator(CD2QueryOperator):
             raise InstructureConfigError("CD2DownloadOperator needs exactly one of job= (a query's XCom) or table=")
         if incremental and table is None:
             raise InstructureConfigError("incremental=True needs table= (the task then runs the query itself)")
-        kwargs["outlets"] = with_alias(kwargs.get("outlets"))
         super().__init__(table=table or "", **kwargs)
         self.job = job
         self.target = target

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider_instructure._compat import AirflowNotFoundException, Asset, BaseHook, Context
-from airflow_provider_instructure.assets import ALIAS_NAME, AssetAlias, emit_table_event, with_alias
+from airflow_provider_instructure.assets import ALIAS_NAME, AssetAlias, emit_table_event
 from airflow_provider_instructure.exceptions import InstructureConfigError, InstructureError
 from airflow_provider_instructure.operators.cd2 import CD2QueryOperator
 from airflow_provider_instructure.replication import (
@@ -68,6 +68,7 @@ class CD2SyncTableOperator(CD2QueryOperator):
         are chosen by the operator (TSV, condensed, from the stored watermark).
     """
 
+    emits_table_assets = True
     template_fields: Sequence[str] = (
         "table",
         "namespace",
@@ -94,7 +95,6 @@ class CD2SyncTableOperator(CD2QueryOperator):
                 raise InstructureConfigError(
                     f"CD2SyncTableOperator chooses {fixed!r} itself (TSV, condensed, from the stored watermark)"
                 )
-        kwargs["outlets"] = with_alias(kwargs.get("outlets"))
         super().__init__(table=table, namespace=namespace, format="tsv", mode="condensed", **kwargs)
         self.destination_conn_id = destination_conn_id
         self.destination_schema = destination_schema
