@@ -62,12 +62,21 @@ def get_provider_info() -> dict[str, Any]:
                         "schema": {"type": ["string", "null"]},
                     },
                 },
+                # Port stays visible: the Airflow 3.3.2 UI tests a connection with port Number("") == 0,
+                # which the test endpoint compares with the stored NULL and refuses (fixed upstream by
+                # apache/airflow#73298). With 443 filled in, stored and posted ports agree.
                 "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "port"],
-                    "relabeling": {"login": "Client ID", "password": "Client Secret", "host": "API URL"},
+                    "hidden-fields": ["schema"],
+                    "relabeling": {
+                        "login": "Client ID",
+                        "password": "Client Secret",
+                        "host": "API URL",
+                        "port": "Port (443 for Instructure)",
+                    },
                     "placeholders": {
                         "login": "us-east-1#12345678-aaaa-bbbb-cccc-1234567890ab",
                         "host": "https://api-gateway.instructure.com",
+                        "port": "443",
                     },
                 },
             }

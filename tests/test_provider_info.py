@@ -36,8 +36,15 @@ def test_connection_form_declares_the_documented_fields() -> None:
     assert conn_type["hook-class-name"] == "airflow_provider_instructure.hooks.instructure.InstructureHook"
     assert set(conn_type["conn-fields"]) == {"namespace", "timeout", "retry_limit", "scope"}
     behaviour = conn_type["ui-field-behaviour"]
-    assert behaviour["relabeling"] == {"login": "Client ID", "password": "Client Secret", "host": "API URL"}
+    assert behaviour["relabeling"] == {
+        "login": "Client ID",
+        "password": "Client Secret",
+        "host": "API URL",
+        "port": "Port (443 for Instructure)",
+    }
     assert behaviour["placeholders"]["host"] == "https://api-gateway.instructure.com"
+    # Port is shown so that stored and posted ports agree on the 3.3.2 Test button (issue 8, finding 2)
+    assert behaviour["hidden-fields"] == ["schema"]
     # the legacy classmethod (Airflow 2 / 3.0-3.1 form) says the same thing
     legacy = InstructureHook.get_ui_field_behaviour()
     assert legacy["hidden_fields"] == behaviour["hidden-fields"]

@@ -75,6 +75,8 @@ class EmulatorServer:
             {
                 "conn_type": "instructure",
                 "host": self.url,
+                # Port repeats the URL's: the Airflow 3.3.2 UI's Test button needs a stored port.
+                "port": self.port,
                 "login": self.client_id,
                 "password": self.client_secret,
                 "extra": extra,

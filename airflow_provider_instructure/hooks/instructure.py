@@ -517,17 +517,30 @@ class InstructureHook(BaseHook):
         return [f.to_dict() for f in files]
 
     def test_connection(self) -> tuple[bool, str]:
-        """Log in and list the default namespace's tables; never raises, never shows the token."""
+        """Log in and list the default namespace's tables; never raises, never shows the token.
+
+        The message names the API URL and Client ID, never the connection id: Airflow's test
+        endpoint (``POST /api/v2/connections/test``, the UI's Test button) runs the hook under a
+        random transient id, which would only confuse the user.
+
+        :return: ``(True, message)`` or ``(False, reason)``.
+        """
         try:
             tables = self.list_tables()
             token = self._tokens.get()
             until = datetime.fromtimestamp(token.expires_at, timezone.utc).isoformat(timespec="seconds")
             return True, (
-                f"Authenticated as {self.settings.client_id}; token valid until {until}; "
+                f"Connected to {self.settings.base_url} as {self.settings.client_id}; token valid until {until}; "
                 f"namespace {self.settings.namespace!r} has {len(tables)} tables"
             )
         except Exception as exc:
-            return False, redact_url(str(exc)) or type(exc).__name__
+            message = redact_url(str(exc)) or type(exc).__name__
+            for named, anonymous in (("Connection {!r}", "This connection"), ("connection {!r}", "this connection")):
+                message = message.replace(named.format(self.instructure_conn_id), anonymous)
+            message = message.replace(repr(self.instructure_conn_id), "this connection")
+            if not isinstance(exc, InstructureConfigError):
+                message = f"{message} (API URL {self.settings.base_url}, Client ID {self.settings.client_id})"
+            return False, message
 
     # -- Airflow 2 / 3.0-3.1 connection form (3.2+ reads get_provider_info) ----------------------------
 
@@ -552,11 +565,17 @@ class InstructureHook(BaseHook):
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         return {
-            "hidden_fields": ["schema", "port"],
-            "relabeling": {"login": "Client ID", "password": "Client Secret", "host": "API URL"},
+            "hidden_fields": ["schema"],
+            "relabeling": {
+                "login": "Client ID",
+                "password": "Client Secret",
+                "host": "API URL",
+                "port": "Port (443 for Instructure)",
+            },
             "placeholders": {
                 "login": "us-east-1#12345678-aaaa-bbbb-cccc-1234567890ab",
                 "host": "https://api-gateway.instructure.com",
+                "port": "443",
             },
         }
 

@@ -81,8 +81,25 @@ def _number(conn_id: str, key: str, value: Any, minimum: float, integer: bool = 
     return number
 
 
-def base_url_of(conn_id: str, host: str | None, schema: str | None, port: int | None) -> str:
-    """The API base URL: ``host`` with its scheme, else ``https`` (or ``schema`` when it is http/https)."""
+#: Hosts of Instructure's own API gateway: HTTPS on the default port only.
+_INSTRUCTURE_HOST_SUFFIX = ".instructure.com"
+
+
+def base_url_of(conn_id: str, host: str | None, schema: str | None, port: int | str | None) -> str:
+    """The API base URL from a connection's API URL (``host``), Port and (hidden) ``schema`` fields.
+
+    * ``host`` should be a whole URL (``https://api-gateway.instructure.com``); a host without a
+      scheme is ``https``, or ``schema`` when that is ``http``/``https`` (URI-form connections such
+      as ``instructure://...@127.0.0.1:8765/http`` store the scheme there). ``schema`` is ignored
+      when the URL has a scheme, so a stale hidden value cannot change it.
+    * Port applies when the URL names none. ``0`` and empty mean unset (the Airflow 3.3.2 UI
+      posts ``Number("")``, i.e. 0, for an empty Port). A URL port and a different Port field
+      are refused, as is a non-443 port for Instructure's gateway: both are typically a value
+      left over from an emulator connection, which would otherwise silently redirect calls.
+    * The scheme's default port (443/80) is not written into the URL.
+
+    :raises InstructureConfigError: naming the connection and the field to fix.
+    """
     host = (host or "").strip()
     if not host:
         return DEFAULT_API_URL
@@ -90,14 +107,46 @@ def base_url_of(conn_id: str, host: str | None, schema: str | None, port: int | 
         scheme = schema.lower() if schema and schema.lower() in ("http", "https") else "https"
         host = f"{scheme}://{host}"
     parts = urlsplit(host)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        url_port = parts.port
+    except ValueError:
+        url_port = -1
+    if parts.scheme not in ("http", "https") or not parts.hostname or url_port == -1:
         raise InstructureConfigError(
             f"Connection {conn_id!r}: API URL {host!r} is not an http(s) URL; set the host to e.g. {DEFAULT_API_URL}"
         )
-    netloc = parts.netloc
-    if port and parts.port is None:
-        netloc = f"{netloc}:{port}"
+    field_port = _port(conn_id, port)
+    if url_port is not None and field_port is not None and url_port != field_port:
+        raise InstructureConfigError(
+            f"Connection {conn_id!r}: the API URL {host!r} names port {url_port} but the Port field says "
+            f"{field_port}; make them agree (or clear Port)"
+        )
+    effective = url_port if url_port is not None else field_port
+    default = 443 if parts.scheme == "https" else 80
+    if parts.hostname.endswith(_INSTRUCTURE_HOST_SUFFIX) and (
+        parts.scheme != "https" or effective not in (None, 443)
+    ):
+        raise InstructureConfigError(
+            f"Connection {conn_id!r}: Instructure's API gateway {parts.hostname} serves HTTPS on port 443 only, "
+            f"but the connection says {parts.scheme}:// and port {effective}; set the API URL to "
+            f"https://{parts.hostname} and Port to 443 (a Port left over from an emulator connection?)"
+        )
+    netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    if effective is not None and effective != default:
+        netloc = f"{netloc}:{effective}"
     return f"{parts.scheme}://{netloc}{parts.path}".rstrip("/")
+
+
+def _port(conn_id: str, value: int | str | None) -> int | None:
+    if value in (None, "", 0, "0"):
+        return None
+    try:
+        number = int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = -1
+    if not 0 < number < 65536:
+        raise InstructureConfigError(f"Connection {conn_id!r}: Port must be a number from 1 to 65535, got {value!r}")
+    return number
 
 
 def read_settings(
