@@ -29,7 +29,13 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": INTEGRATION, "python-modules": ["airflow_provider_instructure.hooks.instructure"]}
         ],
         "operators": [
-            {"integration-name": INTEGRATION, "python-modules": ["airflow_provider_instructure.operators.cd2"]}
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": [
+                    "airflow_provider_instructure.operators.cd2",
+                    "airflow_provider_instructure.operators.cd2_download",
+                ],
+            }
         ],
         "sensors": [{"integration-name": INTEGRATION, "python-modules": ["airflow_provider_instructure.sensors.cd2"]}],
         "triggers": [
