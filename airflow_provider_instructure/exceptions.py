@@ -119,6 +119,24 @@ class DapServerError(DapApiError):
     """5xx (or an unparseable answer from a proxy): transient, retried."""
 
 
+class DapNoDataYetError(DapApiError):
+    """DAP has no data for the table yet: ``ProcessingError`` "There is no data available yet".
+
+    DAP sends it for a table that exists but holds no rows, either as the error answer to
+    ``POST .../data`` (HTTP 400/500) or as the ``error`` of a failed job (then ``job_id`` is
+    set and ``status`` is None). It is not a failure of the run: the operators end with no
+    rows and keep the stored watermark (see the README, "Empty tables"). Recognised by its
+    message, case-insensitively (:func:`~airflow_provider_instructure.hooks.dap_protocol.is_no_data_yet`),
+    as public pipelines do [user-needs.md section 3, finding 10].
+
+    :param job_id: the failed job's id, when DAP reported it through a job.
+    """
+
+    def __init__(self, message: str, *, job_id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.job_id = job_id
+
+
 class DapConnectionError(InstructureError):
     """DAP or the Identity Service could not be reached (after retries): network, DNS, TLS or timeouts."""
 

@@ -15,7 +15,6 @@ Amazon provider installed and an ``aws_default`` connection, ``gs://...``, ``abf
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 
 from airflow.sdk import DAG, task
@@ -31,7 +30,9 @@ with DAG(
     tags=["example", "instructure"],
     params={
         "namespace": "canvas",
-        "target": os.environ.get("CD2_TARGET", "/tmp/cd2-lake"),
+        # Empty: the Airflow Variable ``cd2_target`` decides, read when the task runs (set it once
+        # with ``airflow variables set cd2_target s3://bucket/cd2``; nothing to export on every process).
+        "target": "",
         "poll_interval": 30,  # seconds between job checks in the triggerer
     },
 ) as dag:
@@ -41,7 +42,7 @@ with DAG(
     downloads = CD2DownloadOperator.partial(
         task_id="download",
         namespace="{{ params.namespace }}",
-        target="{{ params.target }}",
+        target="{{ params.target or var.value.get('cd2_target', '/tmp/cd2-lake') }}",
         format="jsonl",
         incremental=True,
         deferrable=True,

@@ -149,3 +149,26 @@ def test_sync_to_database_dag(
     assert len(replicas) == 2 * len(tables)
     sources = [extra for _, extra, task in asset_events("instructure://canvas/") if task == "sync"]
     assert len(sources) == 2 * len(tables) and all(e["destination"].startswith("sqlite:") for e in sources)
+
+
+def test_example_dags_parse_the_same_whatever_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings reach tasks at run time (Variables, params), never through the dag-processor's environment.
+
+    In a deployment the dag-processor and the workers are separate processes; a DAG that reads
+    ``os.environ`` while parsing silently differs between them (issue 8: ``CD2_TARGET``).
+    """
+    import json
+
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    def serialized() -> dict[str, str]:
+        bag = DagBag(dag_folder=str(REPO / "example_dags"))
+        return {i: json.dumps(DagSerialization.to_dict(d), sort_keys=True, default=str) for i, d in bag.dags.items()}
+
+    for name in ("CD2_TARGET", "CD2_NAMESPACE", "CD2_WAREHOUSE"):
+        monkeypatch.delenv(name, raising=False)
+    plain = serialized()
+    for name in ("CD2_TARGET", "CD2_NAMESPACE", "CD2_WAREHOUSE"):
+        monkeypatch.setenv(name, "/somewhere/else")
+    assert serialized() == plain

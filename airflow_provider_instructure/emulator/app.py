@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from airflow_provider_instructure.emulator.config import NO_DATA_MESSAGE
 from airflow_provider_instructure.emulator.control import control_router
 from airflow_provider_instructure.emulator.core import CallRecord, Emulator
 from airflow_provider_instructure.emulator.encoders import FORMATS, MODES, format_timestamp, parquet_available
@@ -273,7 +274,14 @@ def create_app(emulator: Emulator) -> ASGIApp:
                 "create_job",
                 _range_error(type_, f"{type_} (emulator fault).", tbl.reload_ts or tbl.base_ts, tbl.latest_ts),
             )
-        job, _created = emulator.jobs.submit(parsed, fail=fault is not None and fault.kind == "fail_job")
+        no_data = emulator.config.tables_without_data.get(f"{namespace}.{table}")
+        if no_data == "post":
+            return record(request, "create_job", _error(400, "ProcessingError", NO_DATA_MESSAGE))
+        job, _created = emulator.jobs.submit(
+            parsed,
+            fail=fault is not None and fault.kind == "fail_job",
+            fail_message=NO_DATA_MESSAGE if no_data == "job" else None,
+        )
         if emulator.config.post_wait_seconds > 0 and not job.ready.is_set():
             await asyncio.to_thread(job.ready.wait, emulator.config.post_wait_seconds)
         status = job.status(emulator.config, time.time())

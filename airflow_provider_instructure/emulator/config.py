@@ -21,6 +21,12 @@ DOCUMENTED_RATE_LIMITS: dict[str, int] = {
 }
 
 
+#: How a table without data is announced: as the answer to ``POST .../data``, or as a failed job.
+NO_DATA_VARIANTS = ("post", "job")
+#: DAP's message for a table without data (user-needs.md section 3, finding 10).
+NO_DATA_MESSAGE = "There is no data available yet"
+
+
 @dataclass
 class EmulatorConfig:
     """Mutable knobs of one emulator; every field can be changed while the server runs.
@@ -41,6 +47,10 @@ class EmulatorConfig:
     :param parts: minimum number of gzip parts per result.
     :param rows_per_part: maximum rows per part; bigger results get more parts.
     :param rate_limits: route name to ``(calls, window_seconds)``; empty means no limits.
+    :param tables_without_data: ``"namespace.table"`` to how DAP says the table has no data
+        yet: ``"post"`` (``POST .../data`` answers 400 ``ProcessingError`` "There is no data
+        available yet") or ``"job"`` (a job is created and fails with that error). The table's
+        schema and listing are unaffected. Empty (every table has data) by default.
     """
 
     clients: dict[str, str] = field(default_factory=lambda: {DEMO_CLIENT_ID: DEMO_CLIENT_SECRET})
@@ -56,6 +66,7 @@ class EmulatorConfig:
     parts: int = 2
     rows_per_part: int = 100_000
     rate_limits: dict[str, tuple[int, float]] = field(default_factory=dict)
+    tables_without_data: dict[str, str] = field(default_factory=dict)
 
     def enable_rate_limits(self, scale: float = 1.0) -> None:
         """Turn on the documented per-endpoint limits; ``scale`` shrinks the 60 s window.
@@ -75,6 +86,13 @@ class EmulatorConfig:
                 value = {route: (int(c), float(w)) for route, (c, w) in value.items()}
             if name == "disabled_clients":
                 value = set(value)
+            if name == "tables_without_data":
+                value = dict(value)
+                bad = {t: v for t, v in value.items() if v not in NO_DATA_VARIANTS or "." not in t}
+                if bad:
+                    raise ValueError(
+                        f"tables_without_data wants 'namespace.table': one of {NO_DATA_VARIANTS}, got {bad}"
+                    )
             setattr(self, name, value)
 
     def as_dict(self) -> dict[str, Any]:

@@ -70,6 +70,7 @@ class Job:
     ready: threading.Event = field(default_factory=threading.Event)
     directory: Path | None = None
     dedup_key: str = ""
+    fail_message: str | None = None
 
     @property
     def expires_at(self) -> str:
@@ -120,27 +121,35 @@ class JobStore:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="dap-emulator-"))
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dap-emulator-job")
         self.created_count = 0
+        #: the query of every job created, oldest first (tests read ``since`` from it)
+        self.history: list[Query] = []
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def submit(self, query: Query, fail: bool = False) -> tuple[Job, bool]:
+    def submit(self, query: Query, fail: bool = False, fail_message: str | None = None) -> tuple[Job, bool]:
         """Return the job for ``query``, creating it unless an identical live one exists.
 
+        :param fail: the new job fails (``ProcessingError``) instead of producing files.
+        :param fail_message: the failed job's error message (a generic one when None).
         :returns: ``(job, created)``.
         """
+        fail = fail or fail_message is not None
         self.expire()
         # A schema change (which commits no rows) must not hand out a job of the old version.
         key = f"{query.dedup_key()}#v{self.dataset.table(query.namespace, query.table).schema_version}"
         with self._lock:
             existing = self._by_query.get(key)
-            if existing and existing in self._jobs and not fail:
+            # A "no data yet" job is not handed out again: the table may have data by the next query.
+            if existing and existing in self._jobs and not fail and self._jobs[existing].fail_message is None:
                 return self._jobs[existing], False
             now = time.time()
             job = Job(id=str(uuid.uuid4()), query=query, created=now, expires=now + self.config.job_ttl, fail=fail)
             job.dedup_key = key
+            job.fail_message = fail_message
             self._jobs[job.id] = job
             self._by_query[key] = job.id
             self.created_count += 1
+            self.history.append(query)
         self._pool.submit(self._produce, job)
         return job, True
 
@@ -182,7 +191,7 @@ class JobStore:
                 job.error = {
                     "type": "ProcessingError",
                     "uuid": str(uuid.uuid4()),
-                    "message": "The query could not be processed (fault injected by the emulator).",
+                    "message": job.fail_message or "The query could not be processed (fault injected by the emulator).",
                 }
                 return
             self._write(job)

@@ -25,6 +25,8 @@ from airflow_provider_instructure.exceptions import (
     DapApiError,
     DapAuthenticationError,
     DapCredentialsError,
+    DapJobFailed,
+    DapNoDataYetError,
     DapNotFoundError,
     DapOutOfRangeError,
     DapRateLimitError,
@@ -32,6 +34,7 @@ from airflow_provider_instructure.exceptions import (
     DapSnapshotRequiredError,
     DapUnexpectedResponse,
     DapValidationError,
+    InstructureError,
 )
 
 #: ``User-Agent`` of every request; the version is the package's single source of truth.
@@ -268,6 +271,9 @@ def map_error(status: int, content_type: str | None, text: str, retry_after: str
         "error_message": emsg,
         "body": err,
     }
+    if is_no_data_yet(emsg):
+        # Whatever the status (DAP documents ProcessingError as 400 or 500): not worth a retry.
+        return DapNoDataYetError(f"DAP has no data for this table yet ({detail})", **kwargs)
     if status == 429:
         seconds = parse_retry_after(retry_after)
         return DapRateLimitError(f"DAP rate limit reached ({detail})", retry_after=seconds, **kwargs)
@@ -289,6 +295,33 @@ def map_error(status: int, content_type: str | None, text: str, retry_after: str
     if status == 400:
         return DapValidationError(f"DAP rejected the request ({detail})", **kwargs)
     return DapApiError(f"DAP error ({detail})", **kwargs)
+
+
+#: DAP's ``ProcessingError`` message for a table without data [user-needs.md section 3, finding 10].
+_NO_DATA_YET = re.compile(r"\bno data available yet\b", re.IGNORECASE)
+
+
+def is_no_data_yet(message: Any) -> bool:
+    """True for DAP's "There is no data available yet" (any case), from an error answer or a failed job."""
+    return isinstance(message, str) and _NO_DATA_YET.search(message) is not None
+
+
+def job_failure(job_id: str, error: dict[str, Any] | None) -> InstructureError:
+    """The exception for a job that ended ``failed``: :class:`DapNoDataYetError` when DAP says the
+    table has no data yet, else :class:`DapJobFailed`. The sync hook, the sensor and the operators
+    resuming from the trigger's event all go through here."""
+    error = error if isinstance(error, dict) else {}
+    if is_no_data_yet(error.get("message")):
+        return DapNoDataYetError(
+            f"DAP job {job_id} failed: {error.get('type') or 'error'}: {error.get('message')} "
+            f"(error uuid {error.get('uuid') or 'n/a'})",
+            job_id=job_id,
+            error_type=error.get("type"),
+            error_uuid=error.get("uuid"),
+            error_message=error.get("message"),
+            body=error,
+        )
+    return DapJobFailed(job_id, error)
 
 
 def _snippet(text: str, limit: int = 200) -> str:

@@ -21,7 +21,6 @@ from airflow_provider_instructure._compat import AirflowNotFoundException, BaseH
 from airflow_provider_instructure.exceptions import (
     DapApiError,
     DapConnectionError,
-    DapJobFailed,
     DapJobTimeout,
     DapNotFoundError,
     InstructureConfigError,
@@ -38,6 +37,7 @@ from airflow_provider_instructure.hooks.dap_protocol import (
     check_name,
     clear_shared_token_states,
     job_expires_within,
+    job_failure,
     parse_login_response,
     parse_timestamp,
     raise_for_error,
@@ -415,7 +415,8 @@ class InstructureHook(BaseHook):
         """Poll until the job is complete (blocking; deferrable operators use the trigger instead).
 
         :returns: the complete job.
-        :raises DapJobFailed: the job failed (message carries its id and DAP error uuid).
+        :raises DapJobFailed: the job failed (message carries its id and DAP error uuid);
+            :class:`DapNoDataYetError` when DAP says the table has no data yet.
         :raises DapJobTimeout: ``timeout`` seconds passed first.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -425,7 +426,7 @@ class InstructureHook(BaseHook):
             if status is JobStatus.COMPLETE:
                 return job
             if status is JobStatus.FAILED:
-                raise DapJobFailed(job_id, job.get("error"))
+                raise job_failure(job_id, job.get("error"))
             if deadline is not None and time.monotonic() + poll_interval > deadline:
                 raise DapJobTimeout(f"DAP job {job_id} still {status.value} after {timeout:.0f} s")
             self.log.info("Job %s is %s; next check in %.0f s", job_id, status.value, poll_interval)

@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 from airflow_provider_instructure._compat import BaseOperator, Context, conf
 from airflow_provider_instructure.assets import with_alias
 from airflow_provider_instructure.exceptions import (
-    DapJobFailed,
     DapJobTimeout,
+    DapNoDataYetError,
     DapNotFoundError,
     DapOutOfRangeError,
     DapSnapshotRequiredError,
@@ -27,7 +27,7 @@ from airflow_provider_instructure.exceptions import (
     InstructureError,
 )
 from airflow_provider_instructure.fileio import write_atomically
-from airflow_provider_instructure.hooks.dap_protocol import JobStatus, build_query
+from airflow_provider_instructure.hooks.dap_protocol import JobStatus, build_query, job_failure
 from airflow_provider_instructure.hooks.instructure import InstructureHook
 from airflow_provider_instructure.triggers.cd2 import CD2JobTrigger
 
@@ -185,6 +185,33 @@ def job_metadata(job: dict[str, Any], namespace: str, table: str, fmt: str, mode
         meta.update(kind="incremental", since=job["since"], until=job.get("until"), watermark=job.get("until"))
     else:
         meta.update(kind="snapshot", at=job.get("at"), watermark=job.get("at"))
+    meta["no_data"] = False
+    return meta
+
+
+def no_data_metadata(request: dict[str, Any], table: str, exc: DapNoDataYetError) -> dict[str, Any]:
+    """The XCom form of DAP's "There is no data available yet": the keys of :func:`job_metadata`
+    with no objects, ``watermark`` None (nothing to continue from) and ``no_data`` True.
+
+    ``job_id`` is the failed job's id when DAP reported it through a job, else None.
+    """
+    meta: dict[str, Any] = {
+        "job_id": exc.job_id,
+        "namespace": request["namespace"],
+        "table": table,
+        "format": request.get("format"),
+        "mode": request.get("mode"),
+        "schema_version": None,
+        "objects": [],
+        "expires_at": None,
+    }
+    if request.get("since") is not None:
+        meta.update(kind="incremental", since=request["since"], until=request.get("until"), watermark=None)
+    else:
+        meta.update(kind="snapshot", at=None, watermark=None)
+    if request.get("fallback_reason"):
+        meta["fallback_reason"] = request["fallback_reason"]
+    meta.update(no_data=True, no_data_reason=exc.error_message or str(exc))
     return meta
 
 
@@ -270,7 +297,10 @@ class CD2QueryOperator(_InstructureOperator):
                 f"poll_interval must be a number of seconds, got {self.poll_interval!r}"
             ) from None
         request = self._request(since)
-        job, request = self._start_or_resume(context, request)
+        try:
+            job, request = self._start_or_resume(context, request)
+        except DapNoDataYetError as exc:  # the POST's answer; a failed job is handled in _complete
+            return self._no_data(context, request, exc)
         status = JobStatus.of(job)
         if status.is_terminal:
             return self._complete(context, job, request)
@@ -287,7 +317,10 @@ class CD2QueryOperator(_InstructureOperator):
                 method_name="execute_complete",
                 kwargs={"request": request},
             )
-        job = self.hook.wait_for_job(job["id"], poll_interval=self.poll_interval, timeout=self.job_timeout)
+        try:
+            job = self.hook.wait_for_job(job["id"], poll_interval=self.poll_interval, timeout=self.job_timeout)
+        except DapNoDataYetError as exc:  # the job failed because the table has no data yet
+            return self._no_data(context, request, exc)
         return self._complete(context, job, request)
 
     def execute_complete(self, context: Context, event: dict[str, Any], request: dict[str, Any] | None = None) -> Any:
@@ -297,7 +330,10 @@ class CD2QueryOperator(_InstructureOperator):
             return self._complete(context, event["job"], request or self._recall_request(context, event))
         if status == "failed":
             _JobMemory(context, self.log).forget()
-            raise DapJobFailed(event["job_id"], (event.get("job") or {}).get("error"))
+            error = job_failure(event["job_id"], (event.get("job") or {}).get("error"))
+            if isinstance(error, DapNoDataYetError):
+                return self._no_data(context, request or self._recall_request(context, event), error)
+            raise error
         if status == "timeout":
             raise DapJobTimeout(event.get("message", "DAP job timed out"))
         # An error while waiting: fail this try; the retry resumes the same job id.
@@ -352,7 +388,10 @@ class CD2QueryOperator(_InstructureOperator):
     def _complete(self, context: Context, job: dict[str, Any], request: dict[str, Any]) -> Any:
         if JobStatus.of(job) is JobStatus.FAILED:
             _JobMemory(context, self.log).forget()
-            raise DapJobFailed(job["id"], job.get("error"))
+            error = job_failure(job["id"], job.get("error"))
+            if isinstance(error, DapNoDataYetError):
+                return self._no_data(context, request, error)
+            raise error
         meta = job_metadata(job, request["namespace"], self.table, request["format"], request.get("mode"))
         if request.get("fallback_reason"):
             meta["fallback_reason"] = request["fallback_reason"]
@@ -372,6 +411,24 @@ class CD2QueryOperator(_InstructureOperator):
 
     def process_job(self, context: Context, meta: dict[str, Any]) -> Any:
         """What to do with a complete job; the query operator just returns its metadata."""
+        return meta
+
+    def _no_data(self, context: Context, request: dict[str, Any], exc: DapNoDataYetError) -> Any:
+        _JobMemory(context, self.log).forget()  # the next try asks DAP again
+        meta = no_data_metadata(request, self.table, exc)
+        self.log.warning(
+            "DAP has no data for %s.%s yet (%s%s); nothing to %s, and no watermark: the next run asks again",
+            meta["namespace"],
+            meta["table"],
+            exc.error_message or exc,
+            f", job {exc.job_id}" if exc.job_id else "",
+            "load" if meta["kind"] == "snapshot" else "apply",
+        )
+        return self.process_no_data(context, meta)
+
+    def process_no_data(self, context: Context, meta: dict[str, Any]) -> Any:
+        """What to do when DAP answers "There is no data available yet" (see :func:`no_data_metadata`);
+        the query operator returns the metadata (no objects, ``no_data: true``, ``watermark: None``)."""
         return meta
 
 

@@ -34,6 +34,11 @@ class CD2DownloadOperator(CD2QueryOperator):
     ``object_id``, ``path``, ``size``, ``rows``), ``file_count``, ``bytes`` and ``rows``. An Asset
     event for ``instructure://<namespace>/<table>`` carries the watermark and schema version.
 
+    When DAP answers "There is no data available yet" (a table without rows), the task succeeds
+    with no files: ``file_count`` 0, ``no_data`` true, ``watermark`` None; a stored watermark
+    (``incremental=True``) is left as it was, and no asset event is emitted. A ``job=`` whose
+    metadata says ``no_data`` is handled the same way.
+
     :param job: a complete job's metadata (from ``CD2QueryOperator``), e.g. ``query.output``.
     :param table: run the query here instead (mutually exclusive with ``job``).
     :param target: where to write.
@@ -75,6 +80,8 @@ class CD2DownloadOperator(CD2QueryOperator):
                 raise InstructureConfigError(
                     f"job= must be the XCom of a CD2QueryOperator (a dict with job_id and objects), got {meta!r}"
                 )
+            if meta.get("no_data"):
+                return self.process_no_data(context, dict(meta))
             return self.process_job(context, dict(meta))
         return super().execute(context)
 
@@ -122,6 +129,15 @@ class CD2DownloadOperator(CD2QueryOperator):
             },
         )
         return result
+
+    def process_no_data(self, context: Context, meta: dict[str, Any]) -> dict[str, Any]:
+        directory = table_dir(self.target, meta["namespace"], meta["table"])
+        if self.incremental:
+            self.log.info(
+                "The stored watermark of %s.%s in %s stays as it was", meta["namespace"], meta["table"], directory
+            )
+        self.log.info("No files to download for %s.%s: DAP has no data for it yet", meta["namespace"], meta["table"])
+        return {**meta, "target": str(directory), "files": [], "file_count": 0, "bytes": 0, "rows": 0}
 
 
 __all__ = ["CD2DownloadOperator"]

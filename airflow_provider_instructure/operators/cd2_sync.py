@@ -142,7 +142,8 @@ class CD2SyncTableOperator(CD2QueryOperator):
                 table_prefix=self.table_prefix,
                 log=self.log,
             )
-            replicator.check_target()
+            # An empty table without a state row is what a run that found no data in DAP leaves.
+            replicator.check_target(empty_table_schema=lambda: self.hook.get_table_schema(self.table, namespace))
         except ReplicationConfigError as exc:
             db.close()
             raise InstructureConfigError(f"Destination {self.destination_conn_id!r}: {exc}") from None
@@ -158,6 +159,7 @@ class CD2SyncTableOperator(CD2QueryOperator):
             state = replicator.read_state()
         finally:
             self._db.close()
+        self._state = state
         since = None
         if state is None:
             self.log.info("%s has no replica in %s yet: taking a snapshot", self.table, replicator.target_name)
@@ -231,6 +233,69 @@ class CD2SyncTableOperator(CD2QueryOperator):
         )
         self._emit(context, meta, summary)
         return summary
+
+    def process_no_data(self, context: Context, meta: dict[str, Any]) -> dict[str, Any]:
+        """DAP has no data for the table yet: 0 rows, and no watermark stored.
+
+        A snapshot (no state yet) creates the target table empty from the DAP schema, so that
+        downstream SQL finds it, and stores no state row: the next run tries a snapshot again.
+        On an incremental (DAP should not say this once a snapshot had data) nothing changes and
+        the stored watermark stays, so the next run asks for the same window again.
+        """
+        state = getattr(self, "_state", None)
+        replicator = self._replicator()
+        try:
+            if meta["kind"] == "snapshot":
+                schema = self.hook.get_table_schema(meta["table"], meta["namespace"])
+                created = replicator.create_empty(schema)
+                self.log.warning(
+                    "%s.%s has no data in DAP yet: %s; no watermark stored, the next run takes a snapshot",
+                    meta["namespace"],
+                    meta["table"],
+                    f"created {replicator.target_name} empty (schema version {schema['version']})"
+                    if created
+                    else f"{replicator.target_name} exists already and is left as it is",
+                )
+                schema_version = schema["version"]
+            else:
+                self.log.warning(
+                    "DAP answered 'no data available yet' to the incremental of %s.%s since %s: applying no change; "
+                    "the watermark stays",
+                    meta["namespace"],
+                    meta["table"],
+                    meta.get("since"),
+                )
+                schema_version = state.schema_version if state is not None else None
+            destination = self._destination_uri(replicator)
+        finally:
+            self._db.close()
+        return {
+            "mode": meta["kind"],
+            "target": replicator.target_name,
+            "dialect": replicator.dialect,
+            "rows_inserted": 0,
+            "rows_updated": 0,
+            "rows_deleted": 0,
+            "watermark": state.watermark.isoformat() if state is not None and meta["kind"] != "snapshot" else None,
+            "schema_version": schema_version,
+            "bytes_read": 0,
+            "bytes_loaded": 0,
+            "files": 0,
+            "schema_changes": [],
+            "continued_from_dap": bool(state is not None and state.from_dap_cli),
+            "coerced_values": {},
+            "oversized_values": {},
+            "namespace": meta["namespace"],
+            "table": meta["table"],
+            "job_id": meta["job_id"],
+            "kind": meta["kind"],
+            "destination_conn_id": self.destination_conn_id,
+            "destination": destination,
+            "bytes_downloaded": 0,
+            "seconds": {},
+            "no_data": True,
+            "no_data_reason": meta.get("no_data_reason"),
+        }
 
     def _apply(self, replicator: TableReplicator, meta: dict[str, Any], parts: Path, schema: dict[str, Any]) -> Any:
         if meta["kind"] == "snapshot":

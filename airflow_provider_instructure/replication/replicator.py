@@ -43,7 +43,7 @@ No Airflow, no HTTP: this package works on a DB-API connection and local files.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from os import PathLike
@@ -54,6 +54,7 @@ from airflow_provider_instructure.dap_schema import TableSchema, parse_table_sch
 from airflow_provider_instructure.replication.dialects import dialect_class
 from airflow_provider_instructure.replication.dialects.base import NEW_SUFFIX, LoadCounts, LoadJob, PhaseTimer
 from airflow_provider_instructure.replication.dialects.mysql import MySQLDialect
+from airflow_provider_instructure.replication.empty_table import create_empty_table, is_empty_replica
 from airflow_provider_instructure.replication.errors import (
     ReplicationConfigError,
     SchemaChangeRequiresSnapshot,
@@ -190,7 +191,7 @@ class TableReplicator:
 
     # -- checks and state -----------------------------------------------------------------
 
-    def check_target(self) -> None:
+    def check_target(self, *, empty_table_schema: Callable[[], dict[str, Any]] | None = None) -> None:
         """Fail early with :class:`ReplicationConfigError` if the target cannot be used.
 
         Checks the driver, that no transaction is open, that the schema/database exists (or
@@ -198,6 +199,11 @@ class TableReplicator:
         MySQL), and that an existing table of the target's name is managed by this package
         or by ``dap initdb`` for the same DAP table. Creates the state table, which proves
         write access. Moves no data.
+
+        :param empty_table_schema: returns the table's versioned DAP schema; given, an existing
+            table without a state row is accepted when it is empty with exactly the schema's
+            columns (what a sync leaves when DAP had no data yet, :mod:`.empty_table`). Called
+            only for such a table.
         """
         d = self._d
         d.check_connection()
@@ -211,7 +217,11 @@ class TableReplicator:
             exists = kind == "table"
             state = self._store.read(cur, t, table_exists=exists)
             d.check_target(cur, t, table_exists=exists, dap_origin=state is not None and state.from_dap_cli)
-            if exists and state is None:
+            if (
+                exists
+                and state is None
+                and not (empty_table_schema is not None and is_empty_replica(d, cur, t, empty_table_schema()))
+            ):
                 raise ReplicationConfigError(
                     f"{t.display} exists but is not managed by this replicator (no row in {STATE_TABLE}) nor by "
                     f"'dap initdb' (no table_sync row); refusing to overwrite it. Drop or rename it, or choose "
@@ -227,6 +237,13 @@ class TableReplicator:
         with self._d.transaction(read_only=True) as cur:
             exists = self._d.table_kind(cur, self.target.schema, self.target.table) == "table"
             return self._store.read(cur, self.target, table_exists=exists)
+
+    def create_empty(self, versioned_schema: dict[str, Any]) -> bool:
+        """Create the replica without rows and without a state row (DAP has no data yet; see
+        :mod:`.empty_table`). Returns False when the table exists already."""
+        self._ensure_checked()
+        schema = parse_table_schema(versioned_schema)
+        return create_empty_table(self._d, self.target, versioned_schema, self._column_types(schema))
 
     # -- snapshot -------------------------------------------------------------------------
 
