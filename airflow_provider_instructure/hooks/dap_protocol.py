@@ -470,3 +470,71 @@ def job_expires_within(job: dict[str, Any], seconds: float, now: float | None = 
     except ValueError:
         return False
     return when - (time.time() if now is None else now) < seconds
+
+
+# -- polling a job ----------------------------------------------------------------------------
+
+#: seconds to the first status check of a job [chosen by us: DAP documents no job duration;
+#: small tables finish in about 2 s, so a fixed 30 s wait cost 30 s per table]
+POLL_FIRST = 1.0
+#: each wait is this many times the previous one, up to ``poll_interval`` [chosen by us]
+POLL_FACTOR = 2.0
+#: seconds a deferrable task keeps checking a job in the worker before it defers: the checks
+#: at 1, 3 and 7 s [chosen by us]. A job done by then never reaches the triggerer, where an
+#: Airflow 3.3 race (apache/airflow issues 66374 and 72716) can set a task ``up_for_retry``
+#: when its trigger fires before the scheduler has processed the deferral.
+DEFAULT_DEFER_AFTER = 7.0
+#: seconds a trigger waits before its first check [chosen by us]: in a real deployment, jobs
+#: released about 8 s after the deferral no longer hit that race; 10 s leaves a margin.
+DEFAULT_TRIGGER_FIRST_DELAY = 10.0
+
+
+@dataclass
+class PollSchedule:
+    """When to check a job's status next: ``first`` seconds, then ``factor`` times longer each
+    time, never longer than ``maximum`` (the task's ``poll_interval``): 1, 2, 4, 8, 16, 30, 30...
+
+    ``step`` counts the waits already taken, so a schedule handed from the worker to a trigger
+    (as ``poll_step`` in its serialized kwargs) continues where it was instead of restarting.
+    No I/O and no clock: callers sleep, so the same object serves the hook and the trigger.
+
+    :raises ValueError: a non-positive ``first``, a negative ``maximum`` (0 means no wait at
+        all), a ``factor`` below 1, or a negative ``step``.
+    """
+
+    maximum: float = 30.0
+    first: float = POLL_FIRST
+    factor: float = POLL_FACTOR
+    step: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.maximum >= 0 or not self.first > 0:
+            raise ValueError(
+                f"poll intervals must be numbers of seconds, the first one positive "
+                f"(maximum={self.maximum!r}, first={self.first!r})"
+            )
+        if not self.factor >= 1:
+            raise ValueError(f"the poll back-off factor must be at least 1, got {self.factor!r}")
+        if self.step < 0:
+            raise ValueError(f"the poll step must not be negative, got {self.step!r}")
+
+    def delay(self, step: int) -> float:
+        """Seconds of the wait number ``step`` (0-based), capped at ``maximum``."""
+        # Past 64 doublings every realistic schedule is at its cap; avoid float overflow.
+        return min(self.maximum, self.first * self.factor ** min(step, 64))
+
+    def peek(self) -> float:
+        """Seconds of the next wait, without taking it."""
+        return self.delay(self.step)
+
+    def next(self) -> float:
+        """Seconds of the next wait; the schedule moves on by one."""
+        seconds = self.peek()
+        self.step += 1
+        return seconds
+
+    def skip_past(self, seconds: float) -> None:
+        """Move on past the waits no longer than ``seconds``: after a longer wait than planned
+        (the trigger's first delay) the next one is longer still, not back to short."""
+        while self.peek() <= seconds and self.peek() < self.maximum:
+            self.step += 1

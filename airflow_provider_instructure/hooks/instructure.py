@@ -31,6 +31,7 @@ from airflow_provider_instructure.hooks.dap_protocol import (
     USER_AGENT,
     AccessToken,
     JobStatus,
+    PollSchedule,
     SyncTokenCache,
     basic_auth_header,
     build_query,
@@ -47,6 +48,9 @@ from airflow_provider_instructure.hooks.dap_protocol import (
 from airflow_provider_instructure.hooks.downloads import ObjectDownloader, Truncated, UrlExpired
 from airflow_provider_instructure.hooks.retry import RetryPolicy, redact_url
 from airflow_provider_instructure.hooks.settings import DapSettings, read_settings
+
+#: the sleep of job polling (tests replace it to record the schedule's waits)
+_sleep = time.sleep
 
 KNOWN_NAMESPACES = ("canvas", "canvas_logs", "catalog", "new_quizzes")
 
@@ -411,26 +415,77 @@ class InstructureHook(BaseHook):
         jid = _checked_job_id(job_id)
         return self._json("GET", f"/dap/job/{jid}", what=f"Get job {jid}")
 
-    def wait_for_job(self, job_id: str, *, poll_interval: float = 30.0, timeout: float | None = None) -> dict[str, Any]:
+    def wait_for_job(
+        self,
+        job_id: str,
+        *,
+        poll_interval: float = 30.0,
+        timeout: float | None = None,
+        schedule: PollSchedule | None = None,
+    ) -> dict[str, Any]:
         """Poll until the job is complete (blocking; deferrable operators use the trigger instead).
 
+        The first check is immediate, then after 1, 2, 4, 8... seconds, never more than
+        ``poll_interval`` apart (:class:`PollSchedule`): a job done in 2 s is seen within 3 s.
+
+        :param poll_interval: longest wait between two checks, seconds.
+        :param timeout: seconds after which :class:`DapJobTimeout` is raised (checked once more
+            at the deadline itself); None waits forever.
+        :param schedule: a schedule to continue instead of a new one capped at ``poll_interval``.
         :returns: the complete job.
         :raises DapJobFailed: the job failed (message carries its id and DAP error uuid);
             :class:`DapNoDataYetError` when DAP says the table has no data yet.
         :raises DapJobTimeout: ``timeout`` seconds passed first.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
+        job = self.poll_job(job_id, schedule or PollSchedule(maximum=poll_interval), deadline=deadline)
+        if JobStatus.of(job) is JobStatus.FAILED:
+            raise job_failure(job_id, job.get("error"))
+        return job
+
+    def poll_job(
+        self,
+        job_id: str,
+        schedule: PollSchedule,
+        *,
+        job: dict[str, Any] | None = None,
+        for_seconds: float | None = None,
+        deadline: float | None = None,
+    ) -> dict[str, Any]:
+        """Check a job on ``schedule`` until it is complete or failed, or ``for_seconds`` run out.
+
+        :param schedule: when to check; it advances with every wait, so a caller that defers
+            afterwards can hand ``schedule.step`` to the trigger.
+        :param job: the job as last seen (e.g. the answer of :meth:`start_query`); without it the
+            first check is immediate.
+        :param for_seconds: stop before a wait would bring the total of waits past this many
+            seconds and return the job as last seen, still waiting or running (deferrable
+            operators poll a few seconds in the worker this way, then defer); None: no limit.
+        :param deadline: a :func:`time.monotonic` value; the job is checked once more at it.
+        :returns: the last job seen: complete or failed, unless ``for_seconds`` ran out.
+        :raises DapJobTimeout: the job was neither complete nor failed at ``deadline``.
+        """
+        if job is None:
             job = self.get_job(job_id)
-            status = JobStatus.of(job)
-            if status is JobStatus.COMPLETE:
+        waited = 0.0
+        while not (status := JobStatus.of(job)).is_terminal:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise DapJobTimeout(
+                    f"DAP job {job_id} still {status.value} when the wait ran out (timeout/job_timeout); "
+                    "give the job more time if the table is large"
+                )
+            delay = schedule.peek()
+            if for_seconds is not None and waited + delay > for_seconds:
                 return job
-            if status is JobStatus.FAILED:
-                raise job_failure(job_id, job.get("error"))
-            if deadline is not None and time.monotonic() + poll_interval > deadline:
-                raise DapJobTimeout(f"DAP job {job_id} still {status.value} after {timeout:.0f} s")
-            self.log.info("Job %s is %s; next check in %.0f s", job_id, status.value, poll_interval)
-            time.sleep(poll_interval)
+            schedule.next()
+            if deadline is not None:
+                delay = min(delay, deadline - now)
+            self.log.info("Job %s is %s; next check in %.1f s", job_id, status.value, delay)
+            _sleep(delay)
+            waited += delay
+            job = self.get_job(job_id)
+        return job
 
     def get_object_urls(self, object_ids: Sequence[str]) -> dict[str, str]:
         """Trade object ids for pre-signed URLs, ``url_batch`` ids per call.
