@@ -27,7 +27,14 @@ from airflow_provider_instructure.exceptions import (
     InstructureError,
 )
 from airflow_provider_instructure.fileio import write_atomically
-from airflow_provider_instructure.hooks.dap_protocol import JobStatus, build_query, job_failure
+from airflow_provider_instructure.hooks.dap_protocol import (
+    DEFAULT_DEFER_AFTER,
+    DEFAULT_TRIGGER_FIRST_DELAY,
+    JobStatus,
+    PollSchedule,
+    build_query,
+    job_failure,
+)
 from airflow_provider_instructure.hooks.instructure import InstructureHook
 from airflow_provider_instructure.triggers.cd2 import CD2JobTrigger
 
@@ -238,12 +245,22 @@ class CD2QueryOperator(_InstructureOperator):
     :param snapshot_fallback: when DAP answers ``SnapshotRequiredError``/``OutOfRangeError`` to an
         incremental query, take a snapshot instead (``kind`` says so) rather than fail.
     :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
-    :param poll_interval: seconds between job status checks (templated).
-    :param job_timeout: seconds to wait for the job before failing (None: no limit).
+    :param poll_interval: longest wait between two job status checks, seconds (templated). Checks
+        come after 1, 2, 4, 8... seconds, doubling up to this (:class:`PollSchedule`).
+    :param defer_after: deferrable only: seconds of checks in the worker before deferring
+        (templated; default 7: the checks at 1, 3 and 7 s), so a quick job never reaches the
+        triggerer; 0 defers right after the job started.
+    :param trigger_first_delay: deferrable only: seconds from the deferral to the trigger's first
+        check (templated; default 10, chosen by us: an earlier event can leave the task
+        ``up_for_retry`` on Airflow 3.3, apache/airflow issues 66374 and 72716).
+    :param job_timeout: seconds to wait for the job before failing (None: no limit); it counts
+        from the job's start, in the worker and in the triggerer.
     :param instructure_conn_id: the ``instructure`` connection.
     """
 
-    template_fields: Sequence[str] = ("table", "namespace", "format", "mode", "since", "until", "poll_interval")
+    template_fields: Sequence[str] = (
+        "table", "namespace", "format", "mode", "since", "until", "poll_interval", "defer_after", "trigger_first_delay",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -258,6 +275,8 @@ class CD2QueryOperator(_InstructureOperator):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float = 30.0,
         job_timeout: float | None = None,
+        defer_after: float = DEFAULT_DEFER_AFTER,
+        trigger_first_delay: float = DEFAULT_TRIGGER_FIRST_DELAY,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -271,6 +290,8 @@ class CD2QueryOperator(_InstructureOperator):
         self.deferrable = deferrable
         self.poll_interval = poll_interval  # templated, so it may arrive as a string
         self.job_timeout = job_timeout
+        self.defer_after = defer_after
+        self.trigger_first_delay = trigger_first_delay
 
     # -- the query --------------------------------------------------------------------------------
 
@@ -290,38 +311,51 @@ class CD2QueryOperator(_InstructureOperator):
         return {"namespace": namespace, "table": self.table, **body}
 
     def _run_query(self, context: Context, since: datetime | str | None) -> Any:
-        try:
-            self.poll_interval = float(self.poll_interval)
-        except (TypeError, ValueError):
-            raise InstructureConfigError(
-                f"poll_interval must be a number of seconds, got {self.poll_interval!r}"
-            ) from None
+        # Templated, so they may arrive as strings.
+        self.poll_interval = _seconds(self.poll_interval, "poll_interval", positive=True)
+        self.defer_after = _seconds(self.defer_after, "defer_after")
+        self.trigger_first_delay = _seconds(self.trigger_first_delay, "trigger_first_delay")
         request = self._request(since)
         try:
             job, request = self._start_or_resume(context, request)
         except DapNoDataYetError as exc:  # the POST's answer; a failed job is handled in _complete
             return self._no_data(context, request, exc)
-        status = JobStatus.of(job)
-        if status.is_terminal:
-            return self._complete(context, job, request)
+        deadline = None if self.job_timeout is None else time.monotonic() + float(self.job_timeout)
+        schedule = PollSchedule(maximum=self.poll_interval)
         if self.deferrable:
-            end_time = None if self.job_timeout is None else time.time() + self.job_timeout
-            self.log.info("Job %s is %s; deferring (poll every %.0f s)", job["id"], status.value, self.poll_interval)
-            self.defer(
-                trigger=CD2JobTrigger(
-                    job_id=job["id"],
-                    instructure_conn_id=self.instructure_conn_id,
-                    poll_interval=self.poll_interval,
-                    end_time=end_time,
-                ),
-                method_name="execute_complete",
-                kwargs={"request": request},
-            )
-        try:
-            job = self.hook.wait_for_job(job["id"], poll_interval=self.poll_interval, timeout=self.job_timeout)
-        except DapNoDataYetError as exc:  # the job failed because the table has no data yet
-            return self._no_data(context, request, exc)
+            # A quick job finishes here: deferring costs a triggerer round trip and, on Airflow
+            # 3.3, a trigger firing right after the deferral can leave the task up_for_retry.
+            job = self.hook.poll_job(job["id"], schedule, job=job, for_seconds=self.defer_after, deadline=deadline)
+            if not JobStatus.of(job).is_terminal:
+                self._defer_wait(job, schedule, deadline, request)  # raises TaskDeferred
+        else:
+            job = self.hook.poll_job(job["id"], schedule, job=job, deadline=deadline)
         return self._complete(context, job, request)
+
+    def _defer_wait(
+        self, job: dict[str, Any], schedule: PollSchedule, deadline: float | None, request: dict[str, Any]
+    ) -> None:
+        """Hand the wait to the triggerer, the schedule continuing where the worker left it."""
+        first = max(self.trigger_first_delay, schedule.peek())  # what CD2JobTrigger.run waits first
+        self.log.info(
+            "Job %s is still %s; deferring: next check in %.0f s, then doubling up to %.0f s",
+            job["id"],
+            job.get("status"),
+            first,
+            self.poll_interval,
+        )
+        self.defer(
+            trigger=CD2JobTrigger(
+                job_id=job["id"],
+                instructure_conn_id=self.instructure_conn_id,
+                poll_interval=self.poll_interval,
+                end_time=None if deadline is None else time.time() + (deadline - time.monotonic()),
+                first_delay=self.trigger_first_delay,
+                poll_step=schedule.step,
+            ),
+            method_name="execute_complete",
+            kwargs={"request": request},
+        )
 
     def execute_complete(self, context: Context, event: dict[str, Any], request: dict[str, Any] | None = None) -> Any:
         """Resume after the trigger: turn its event into a result or an error."""
@@ -430,6 +464,19 @@ class CD2QueryOperator(_InstructureOperator):
         """What to do when DAP answers "There is no data available yet" (see :func:`no_data_metadata`);
         the query operator returns the metadata (no objects, ``no_data: true``, ``watermark: None``)."""
         return meta
+
+
+def _seconds(value: Any, name: str, *, positive: bool = False) -> float:
+    """A templated number of seconds as a float, or a config error naming the argument."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not (seconds > 0 if positive else seconds >= 0):
+        raise InstructureConfigError(
+            f"{name} must be a {'positive' if positive else 'non-negative'} number of seconds, got {value!r}"
+        )
+    return seconds
 
 
 def _blank_to_none(value: Any) -> Any:

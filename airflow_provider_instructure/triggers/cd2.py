@@ -11,8 +11,11 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_instructure.exceptions import DapJobFailed
 from airflow_provider_instructure.hooks.async_client import AsyncDapClient, aget_settings
-from airflow_provider_instructure.hooks.dap_protocol import JobStatus
+from airflow_provider_instructure.hooks.dap_protocol import DEFAULT_TRIGGER_FIRST_DELAY, JobStatus, PollSchedule
 from airflow_provider_instructure.hooks.retry import redact_url
+
+#: the sleep between checks (tests replace it to record the schedule's waits)
+_sleep = asyncio.sleep
 
 
 class CD2JobTrigger(BaseTrigger):
@@ -24,11 +27,21 @@ class CD2JobTrigger(BaseTrigger):
     itself, keeps its token across polls, and shares it with every other CD2 trigger on the
     same connection in the triggerer process.
 
+    The first check comes ``first_delay`` seconds after the trigger starts, never sooner: an
+    event fired within seconds of the deferral, before the scheduler has processed it, can
+    leave the task ``up_for_retry`` although nothing failed (Airflow 3.3, apache/airflow issues
+    66374 and 72716). Later checks follow :class:`PollSchedule` from ``poll_step`` on (past the
+    waits the first delay already covered), doubling up to ``poll_interval``: with the worker's
+    checks at 1, 3 and 7 s (``poll_step=3``), the trigger checks 10, 16, then every 30 s.
+
     :param job_id: the DAP job to wait for.
     :param instructure_conn_id: the ``instructure`` connection.
-    :param poll_interval: seconds between polls.
+    :param poll_interval: longest wait between two checks, seconds.
     :param end_time: epoch seconds (wall clock) after which a ``timeout`` event is sent; None waits forever.
     :param hook_params: connection-setting overrides (``timeout``, ``retry_limit``...).
+    :param first_delay: seconds before the first check (default
+        :data:`~airflow_provider_instructure.hooks.dap_protocol.DEFAULT_TRIGGER_FIRST_DELAY`, 10 s).
+    :param poll_step: waits of the schedule already taken (in the worker, before deferring).
     """
 
     def __init__(
@@ -38,6 +51,8 @@ class CD2JobTrigger(BaseTrigger):
         poll_interval: float = 30.0,
         end_time: float | None = None,
         hook_params: dict[str, Any] | None = None,
+        first_delay: float = DEFAULT_TRIGGER_FIRST_DELAY,
+        poll_step: int = 0,
     ) -> None:
         super().__init__()
         self.job_id = job_id
@@ -45,6 +60,8 @@ class CD2JobTrigger(BaseTrigger):
         self.poll_interval = float(poll_interval)
         self.end_time = end_time
         self.hook_params = dict(hook_params or {})
+        self.first_delay = float(first_delay)
+        self.poll_step = int(poll_step)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -55,11 +72,20 @@ class CD2JobTrigger(BaseTrigger):
                 "poll_interval": self.poll_interval,
                 "end_time": self.end_time,
                 "hook_params": self.hook_params,
+                "first_delay": self.first_delay,
+                "poll_step": self.poll_step,
             },
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
+            schedule = PollSchedule(maximum=self.poll_interval, step=self.poll_step)
+            # No event of any kind (a deadline or a bad connection included) before first_delay:
+            # the deferral must be recorded before the task can resume.
+            delay = max(self.first_delay, schedule.next())
+            schedule.skip_past(delay)
+            self.log.info("Checking DAP job %s in %.1f s", self.job_id, delay)
+            await _sleep(delay)
             settings = await aget_settings(self.instructure_conn_id, self.hook_params)
             async with AsyncDapClient(settings, self.log) as client:
                 while True:
@@ -75,10 +101,9 @@ class CD2JobTrigger(BaseTrigger):
                     if remaining is not None and remaining <= 0:
                         yield self._event("timeout", f"DAP job {self.job_id} still {status.value} at the deadline")
                         return
-                    self.log.info(
-                        "DAP job %s is %s; next check in %.0f s", self.job_id, status.value, self.poll_interval
-                    )
-                    await asyncio.sleep(self.poll_interval if remaining is None else min(self.poll_interval, remaining))
+                    delay = schedule.next() if remaining is None else min(schedule.next(), remaining)
+                    self.log.info("DAP job %s is %s; next check in %.1f s", self.job_id, status.value, delay)
+                    await _sleep(delay)
         except Exception as exc:  # every failure becomes the one event the task resumes with
             yield self._event("error", f"{type(exc).__name__}: {redact_url(str(exc))}")
 

@@ -40,6 +40,11 @@ class FakeStateStore:
         self.data.pop(key, None)
 
 
+#: Defer at once and let the trigger check at once, so these tests take the deferred path
+#: (a quick job otherwise finishes in the worker, see test_query_polling.py).
+DEFER_NOW = {"defer_after": 0, "trigger_first_delay": 0}
+
+
 @pytest.fixture
 def server(dap_emulator_factory, monkeypatch: pytest.MonkeyPatch) -> EmulatorServer:
     srv = dap_emulator_factory(emulator=Emulator(EmulatorConfig(parts=2, job_running_seconds=0.2), rows=20))
@@ -73,11 +78,13 @@ def test_query_returns_job_metadata(server: EmulatorServer) -> None:
 
 
 def test_deferrable_query_defers_and_completes(server: EmulatorServer) -> None:
-    op = CD2QueryOperator(task_id="q", table="courses", deferrable=True, poll_interval=0.05)
+    op = CD2QueryOperator(task_id="q", table="courses", deferrable=True, poll_interval=0.05, **DEFER_NOW)
     with pytest.raises(TaskDeferred) as info:
         op.execute({})
     assert info.value.method_name == "execute_complete"
-    meta = run_deferred(CD2QueryOperator(task_id="q", table="courses", deferrable=True, poll_interval=0.05), {})
+    meta = run_deferred(
+        CD2QueryOperator(task_id="q", table="courses", deferrable=True, poll_interval=0.05, **DEFER_NOW), {}
+    )
     assert meta["kind"] == "snapshot" and meta["objects"]
 
 
@@ -91,7 +98,7 @@ def test_job_already_complete_is_not_deferred(server: EmulatorServer) -> None:
 @pytest.mark.parametrize("deferrable", [False, True])
 def test_failed_job_fails_task_with_job_id_and_uuid(server: EmulatorServer, deferrable: bool) -> None:
     server.emulator.faults.inject("create_job", "fail_job")
-    op = CD2QueryOperator(task_id="q", table="users", deferrable=deferrable, poll_interval=0.05)
+    op = CD2QueryOperator(task_id="q", table="users", deferrable=deferrable, poll_interval=0.05, **DEFER_NOW)
     with pytest.raises(DapJobFailed) as info:
         run_deferred(op, {})
     assert info.value.job_id in str(info.value) and info.value.error_uuid in str(info.value)
@@ -104,14 +111,14 @@ def test_retry_resumes_the_same_job(server: EmulatorServer, monkeypatch: pytest.
     store = FakeStateStore()
     context = {"task_state_store": store}
     server.emulator.faults.inject("get_job", "500", count=3)
-    op = CD2QueryOperator(task_id="q", table="users", deferrable=deferrable, poll_interval=0.05)
+    op = CD2QueryOperator(task_id="q", table="users", deferrable=deferrable, poll_interval=0.05, **DEFER_NOW)
     with pytest.raises((DapServerError, InstructureError), match="500"):  # try 1: job started, polling failed
         run_deferred(op, context)
     started = store.get(JOB_STATE_KEY)["job_id"]
     server.emulator.advance(["canvas.users"], updates=1)  # new data: a fresh POST would make a new job
     server.emulator.faults.clear()
     meta = run_deferred(
-        CD2QueryOperator(task_id="q", table="users", deferrable=deferrable, poll_interval=0.05), context
+        CD2QueryOperator(task_id="q", table="users", deferrable=deferrable, poll_interval=0.05, **DEFER_NOW), context
     )
     assert meta["job_id"] == started
     assert server.emulator.stats.count("create_job") == 1
@@ -153,7 +160,7 @@ def test_download_from_query_xcom(server: EmulatorServer, tmp_path: Path) -> Non
 def test_query_and_download_in_one_deferrable_task(server: EmulatorServer, tmp_path: Path) -> None:
     op = CD2DownloadOperator(
         task_id="d", table="web_logs", namespace="canvas_logs", format="tsv", target=tmp_path, deferrable=True,
-        poll_interval=0.05,
+        poll_interval=0.05, **DEFER_NOW,
     )  # fmt: skip
     result = run_deferred(op, {})
     assert result["kind"] == "snapshot" and result["rows"] == 20
@@ -209,14 +216,18 @@ def test_sensor_poke_and_deferrable(server: EmulatorServer) -> None:
     job = InstructureHook().start_query("users")
     sensor = CD2JobSensor(task_id="s", job_id=job["id"], poke_interval=0.05, timeout=10)
     assert sensor.poke({}) is False or sensor.poke({}).is_done
-    done = run_deferred(CD2JobSensor(task_id="s", job_id=job["id"], deferrable=True, poke_interval=0.05), {})
+    done = run_deferred(
+        CD2JobSensor(task_id="s", job_id=job["id"], deferrable=True, poke_interval=0.05, **DEFER_NOW), {}
+    )
     assert done["id"] == job["id"] and done["status"] == "complete"
     poked = CD2JobSensor(task_id="s", job_id=job["id"], poke_interval=0.05, timeout=10).poke({})
     assert poked.is_done and poked.xcom_value["id"] == job["id"]
     server.emulator.faults.inject("create_job", "fail_job")
     failed = InstructureHook().start_query("accounts")
     with pytest.raises(DapJobFailed):
-        run_deferred(CD2JobSensor(task_id="s", job_id=failed["id"], deferrable=True, poke_interval=0.05), {})
+        run_deferred(
+            CD2JobSensor(task_id="s", job_id=failed["id"], deferrable=True, poke_interval=0.05, **DEFER_NOW), {}
+        )
 
 
 def test_rate_limited_job_creation_waits_instead_of_failing(server: EmulatorServer) -> None:
