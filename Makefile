@@ -13,7 +13,7 @@ export AIRFLOW_HOME ?= $(CURDIR)/.airflow-home
 export AIRFLOW__CORE__LOAD_EXAMPLES = False
 export DAP_TRACKING = false
 
-.PHONY: demo test lint clean
+.PHONY: demo test e2e lint clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ demo: $(VENV)/.stamp-demo
 
 test: $(VENV)/.stamp-test $(DAP_VENV)/.stamp
 	DAP_CLI=$(CURDIR)/$(DAP_VENV)/bin/dap $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The deployment test alone (make test runs it too): a real Airflow with separate processes on a
+# fresh PostgreSQL database, the example DAGs against the emulator; about 3-4 minutes.
+e2e: $(VENV)/.stamp-test
+	$(VENV)/bin/python -m pytest tests/deployment -m deployment $(PYTEST_ARGS)
 
 lint: $(VENV)/.stamp-test
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

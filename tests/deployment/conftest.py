@@ -1,0 +1,186 @@
+"""One real Airflow deployment, brought up once for the deployment test module (see ``deployment.py``).
+
+What a user deploys: copies of ``example_dags/example_cd2_*.py`` (plus this package's test DAGs) in the
+dags folder, the ``instructure_default`` and ``cd2_warehouse`` connections as ``AIRFLOW_CONN_*``
+environment variables, the ``cd2_api`` pool made with ``airflow pools set``. The DAP side is the
+emulator CLI in its own process; an identical emulator in this process (same seed, rows, clock and
+``advance`` calls, all deterministic) is the ground truth for the replica.
+
+The temporary ``AIRFLOW_HOME`` is removed after a clean run and kept, with its path printed, when a
+test failed or a process had to be killed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from airflow_provider_instructure.emulator import Emulator
+from airflow_provider_instructure.emulator.config import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
+from airflow_provider_instructure.hooks import dap_protocol
+from tests.conftest import unavailable
+from tests.deployment.deployment import AIRFLOW, REPO, Deployment, DeploymentError, pg_connect, wait_for
+
+SEED = 11
+ROWS = 20
+#: The emulator's initial commit time, shared with the in-process twin.
+CLOCK_START = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(days=2)
+#: Jobs of the first runs outlast the operators' checks in the worker, so that every deferrable task
+#: really defers (a quicker job finishes in the worker, by design).
+FIRST_RUN_JOB_SECONDS = getattr(dap_protocol, "DEFAULT_DEFER_AFTER", 0.0) + 3.0
+EXAMPLE_DAGS = ["example_cd2_list_tables", "example_cd2_snapshot_to_files", "example_cd2_sync_to_database"]
+RETRY_DAG = "e2e_retry_resumes_job"
+DAGS_DIR = Path(__file__).resolve().parent / "dags"
+
+
+@dataclass
+class E2E:
+    """The running deployment and what the tests need around it."""
+
+    deployment: Deployment
+    emulator_url: str
+    twin: Emulator
+    warehouse_db: str
+    tables: list[str]
+    first_runs: dict[str, str] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def lake(self) -> Path:
+        """Where the files example writes (the ``cd2_target`` Variable)."""
+        return self.deployment.home / "cd2-lake"
+
+    def emulator(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """A call to the emulator's ``/_emulator`` control routes."""
+        response = requests.request(method, f"{self.emulator_url}/_emulator/{path}", timeout=30, **kwargs)
+        response.raise_for_status()
+        return dict(response.json())
+
+    def mark(self, phase: str) -> None:
+        self.deployment.timings[phase] = round(time.monotonic() - self.started, 1)
+
+
+def _check_prerequisites() -> None:
+    if not Path(AIRFLOW).exists():
+        unavailable(f"the airflow command is missing next to {sys.executable} (run `make .venv/.stamp-test`)")
+    try:
+        pg_connect("postgres").close()
+    except Exception as exc:
+        unavailable(f"PostgreSQL at 127.0.0.1:5432 (user postgres) is not reachable: {exc}")
+
+
+def _start_emulator(deployment: Deployment) -> str:
+    job_seconds = FIRST_RUN_JOB_SECONDS / 2  # --job-seconds is the time spent waiting, then running
+    service = deployment.start(
+        "emulator",
+        [
+            sys.executable, "-m", "airflow_provider_instructure.emulator", "--port", "0", "--rows", str(ROWS),
+            "--seed", str(SEED), "--clock-start", CLOCK_START.isoformat(), "--job-seconds", str(job_seconds),
+        ],
+    )  # fmt: skip
+
+    def url() -> str | None:
+        deployment.check_alive()
+        found = re.search(r"listening on (http://\S+)", service.log.read_text(errors="replace"))
+        return found.group(1) if found else None
+
+    return wait_for("the emulator to listen", url, 30, interval=0.2)
+
+
+def _connections(emulator_url: str, warehouse_db: str) -> dict[str, str]:
+    """The connections as a user sets them (the README's JSON form; a URI for PostgreSQL)."""
+    instructure = {"conn_type": "instructure", "host": emulator_url, "login": DEMO_CLIENT_ID}
+    return {
+        "AIRFLOW_CONN_INSTRUCTURE_DEFAULT": json.dumps(
+            {**instructure, "password": DEMO_CLIENT_SECRET, "extra": {"namespace": "canvas", "timeout": 60}}
+        ),
+        # For the retry test DAG: one attempt per HTTP call, so one injected fault fails the try.
+        "AIRFLOW_CONN_INSTRUCTURE_FLAKY": json.dumps(
+            {**instructure, "password": DEMO_CLIENT_SECRET, "extra": {"retry_limit": 1}}
+        ),
+        "AIRFLOW_CONN_CD2_WAREHOUSE": f"postgresql://postgres@127.0.0.1:5432/{warehouse_db}",
+    }
+
+
+def _report(request: pytest.FixtureRequest, text: str) -> None:
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(text)
+
+
+@pytest.fixture(scope="module")
+def e2e(request: pytest.FixtureRequest) -> Iterator[E2E]:
+    """Bring the deployment up, start every example DAG's first run, and tear everything down afterwards."""
+    _check_prerequisites()
+    failed_before = request.session.testsfailed
+    deployment = Deployment(Path(tempfile.mkdtemp(prefix="airflow-e2e-")))
+    warehouse_db = f"cd2_e2e_{deployment.suffix}"
+    created: list[str] = []
+    leftovers: list[str] = []
+    twin = Emulator(seed=SEED, rows=ROWS, clock_start=CLOCK_START)
+    e2e = E2E(deployment, "", twin, warehouse_db, sorted(twin.dataset.tables["canvas"]))
+    try:
+        deployment.dags.mkdir()
+        deployment.process_logs.mkdir()
+        for source in [*sorted((REPO / "example_dags").glob("example_cd2_*.py")), *sorted(DAGS_DIR.glob("*.py"))]:
+            shutil.copy(source, deployment.dags / source.name)
+        for name in (deployment.metadata_db, warehouse_db):
+            deployment.create_database(name)
+            created.append(name)
+        e2e.emulator_url = _start_emulator(deployment)
+        deployment.extra_env.update(_connections(e2e.emulator_url, warehouse_db))
+        deployment.cli("db-migrate", "db", "migrate")
+        e2e.mark("migrated")
+        for component in ("api-server", "scheduler", "dag-processor", "triggerer"):
+            deployment.start_airflow(component)
+        # As the README tells a user: the pool, and the Variable the files example reads its target from.
+        deployment.cli_parallel(
+            {
+                "pools-set": ["pools", "set", "cd2_api", "5", "DAP job creation"],
+                "variables-set": ["variables", "set", "cd2_target", str(e2e.lake)],
+            }
+        )
+        deployment.wait_healthy(timeout=120)
+        deployment.wait_parsed([*EXAMPLE_DAGS, RETRY_DAG], timeout=120)
+        e2e.mark("up")
+        # First runs, as a user starts them: unpausing a scheduled DAG (catchup=False) starts its
+        # latest interval at once; the unscheduled one is triggered.
+        for dag_id in EXAMPLE_DAGS:
+            deployment.unpause(dag_id)
+        e2e.first_runs["example_cd2_list_tables"] = deployment.trigger("example_cd2_list_tables")
+        for dag_id in EXAMPLE_DAGS[1:]:
+            (run,) = wait_for(f"the first run of {dag_id}", lambda d=dag_id: deployment.runs(d), 60)
+            e2e.first_runs[dag_id] = run["run_id"]
+        yield e2e
+    finally:
+        e2e.mark("tests done")
+        leftovers = deployment.stop()
+        e2e.mark("stopped")
+        for name in created:
+            try:
+                deployment.drop_database(name)
+            except Exception as exc:
+                _report(request, f"could not drop database {name}: {exc}")
+        twin.close()
+        (deployment.home / "timings.json").write_text(json.dumps(deployment.timings, indent=2))
+        _report(request, f"\ndeployment test timings (s): {deployment.timings}")
+        if request.session.testsfailed > failed_before or leftovers:
+            _report(request, f"deployment test: logs and AIRFLOW_HOME kept in {deployment.home}")
+        else:
+            deployment.remove()
+    if leftovers:
+        raise DeploymentError(
+            "processes of the deployment outlived their process groups and were killed by pid: " + "; ".join(leftovers)
+        )
