@@ -4,10 +4,18 @@ Every part is downloaded (never just the first), in bounded parallel, in 1 MiB c
 a whole file in memory), to a temporary name that is renamed into place only once the file
 is complete. Pre-signed URLs are fetched in batches just before use and fetched again when
 they expire (403) or grow old; truncated transfers are retried.
+
+With ``reuse=True`` a part already in the target directory (left by an earlier try of the same
+job) is kept instead of downloaded again when it checks out: each completed part gets a small
+record beside it (``.<name>.done``: its size and, for gzip files, the 8-byte gzip trailer, CRC32
+and length), and a part is reused only when its size and trailer still match that record. A
+gzip part without a record is reused only if it inflates to the end of its stream. Anything
+else is downloaded again.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -28,6 +36,8 @@ from airflow_provider_instructure.hooks.retry import RetryPolicy, redact_url
 CHUNK = 1 << 20
 #: Most bytes one inflate step produces (row counting and ``decompress=True``).
 INFLATE_PIECE = 256 << 10
+#: Size of the gzip trailer (CRC32 and ISIZE, RFC 1952 section 2.3.1).
+GZIP_TRAILER = 8
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,10 @@ class _Sink:
     def uri(self, final: Any) -> str:
         return str(final)
 
+    def record(self, name: str) -> Path:
+        """Local sinks only: where the completion record of file ``name`` goes."""
+        return Path(self.root) / f".{name}.done"
+
 
 class ObjectDownloader:
     """Downloads a set of objects with bounded concurrency.
@@ -127,6 +141,8 @@ class ObjectDownloader:
     :param inspect: inflate gzip parts in-stream to count rows and check the gzip trailer even
         when they are stored compressed; callers that read every byte anyway (a database load)
         turn it off and keep the Content-Length check.
+    :param reuse: keep parts an earlier try left in the (local) target when they check out
+        against their completion record (see the module docstring) and download only the rest.
     :param url_batch: object ids per URL request.
     :param url_max_age: seconds after which a cached URL is fetched again before use.
     :param timeout: ``(connect, read)`` timeouts per request.
@@ -142,6 +158,7 @@ class ObjectDownloader:
         concurrency: int = 4,
         decompress: bool = False,
         inspect: bool = True,
+        reuse: bool = False,
         url_batch: int = 100,
         url_max_age: float = 600.0,
         timeout: tuple[float, float] = (10.0, 300.0),
@@ -155,6 +172,8 @@ class ObjectDownloader:
         self._concurrency = concurrency
         self._decompress = decompress
         self._inspect = inspect
+        self._reuse = reuse
+        self.reused = 0  # parts kept from an earlier try by the last download()
         self._url_batch = max(1, url_batch)
         self._url_max_age = url_max_age
         self._timeout = timeout
@@ -170,11 +189,20 @@ class ObjectDownloader:
         if len(set(names)) != len(names):
             raise DapDownloadError("two result objects share a file name; refusing to overwrite one with another")
         self._pending = list(object_ids)
+        self.reused = 0
         if not object_ids:
             return []
         with ThreadPoolExecutor(max_workers=min(self._concurrency, len(object_ids))) as pool:
             futures = [pool.submit(self._one, oid, sink) for oid in object_ids]
-            return [f.result() for f in futures]
+            files = [f.result() for f in futures]
+        if self._reuse:
+            self._log.info(
+                "Reused %d of %d part(s) already downloaded by an earlier try; downloaded %d",
+                self.reused,
+                len(files),
+                len(files) - self.reused,
+            )
+        return files
 
     # -- URLs ---------------------------------------------------------------------------------
 
@@ -212,6 +240,14 @@ class ObjectDownloader:
         if self._decompress and fmt == "parquet":
             raise InstructureConfigError("decompress=True does not apply to parquet results (they are not gzip files)")
         final_name = name[: -len(".gz")] if gunzip else name
+        reuse = self._reuse and not sink.remote
+        if reuse:
+            kept = self._reusable(object_id, sink, final_name, fmt)
+            if kept is not None:
+                with self._lock:
+                    self._pending.remove(object_id)
+                    self.reused += 1
+                return kept
         refresh = False
         kwargs = self._retry.tenacity_kwargs(f"Download of {object_id}")
         try:
@@ -220,7 +256,7 @@ class ObjectDownloader:
                     url = self._url(object_id, refresh=refresh)
                     refresh = False
                     try:
-                        done = self._transfer(object_id, url, sink, final_name, fmt, gunzip)
+                        done = self._transfer(object_id, url, sink, final_name, fmt, gunzip, record=reuse)
                     except UrlExpired:
                         refresh = True
                         raise
@@ -236,9 +272,13 @@ class ObjectDownloader:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _transfer(
-        self, object_id: str, url: str, sink: _Sink, final_name: str, fmt: str, gunzip: bool
+        self, object_id: str, url: str, sink: _Sink, final_name: str, fmt: str, gunzip: bool, *, record: bool = False
     ) -> DownloadedFile:
         temp = sink.temp(final_name)
+        if record:
+            # The old record must not vouch for the file about to replace it.
+            sink.record(final_name).unlink(missing_ok=True)
+        tail = b""  # the last bytes written: the gzip trailer of a compressed part
         text = fmt in ("tsv", "jsonl", "csv")
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if text and (gunzip or self._inspect) else None
         newlines = 0
@@ -273,6 +313,7 @@ class ObjectDownloader:
                         if (inflater is None or not gunzip) and chunk:
                             out.write(chunk)
                             written += len(chunk)
+                            tail = (tail + chunk)[-GZIP_TRAILER:]
                     if inflater is not None and gunzip:
                         tail = inflater.flush()
                         out.write(tail)
@@ -287,7 +328,70 @@ class ObjectDownloader:
             raise
         rows = _row_count(fmt, newlines, sink, final_name) if inflater is not None or fmt == "parquet" else None
         self._log.info("Downloaded %s (%d bytes%s)", final_name, written, f", {rows} rows" if rows is not None else "")
+        if record:
+            trailer = tail.hex() if final_name.endswith(".gz") else None
+            data = {"object_id": object_id, "size": written, "gzip_trailer": trailer, "rows": rows}
+            sink.record(final_name).write_text(json.dumps(data))
         return DownloadedFile(object_id, sink.uri(sink.final(final_name)), written, rows)
+
+    def _reusable(self, object_id: str, sink: _Sink, final_name: str, fmt: str) -> DownloadedFile | None:
+        """The part an earlier try left, if it checks out (see the module docstring), else None."""
+        path = Path(sink.final(final_name))
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return None
+        try:
+            record = json.loads(sink.record(final_name).read_text())
+        except (OSError, ValueError):
+            record = None
+        gzipped = final_name.endswith(".gz")
+        reason = None
+        if isinstance(record, dict) and record.get("object_id") == object_id:
+            if record.get("size") != size:
+                reason = f"{size} bytes on disk, {record.get('size')} expected"
+            elif gzipped and _trailer(path) != record.get("gzip_trailer"):
+                reason = "its gzip trailer differs from the one downloaded"
+            rows = record.get("rows")
+        elif gzipped:
+            # No record (it was not written, or lost): only a full inflate can vouch for the file.
+            reason = None if _gzip_complete(path) else "its gzip stream is cut short"
+            rows = None
+        else:
+            reason = "no completion record"
+        if reason is not None:
+            self._log.warning(
+                "Downloading %s again: the copy from an earlier try is not intact (%s)", final_name, reason
+            )
+            return None
+        self._log.info("Reusing %s (%d bytes) downloaded by an earlier try", final_name, size)
+        return DownloadedFile(object_id, sink.uri(path), size, rows if isinstance(rows, int) else None)
+
+
+def _trailer(path: Path) -> str | None:
+    """The last 8 bytes of a gzip file (CRC32 and ISIZE), as hex."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() < GZIP_TRAILER:
+            return None
+        f.seek(-GZIP_TRAILER, os.SEEK_END)
+        return f.read(GZIP_TRAILER).hex()
+
+
+def _gzip_complete(path: Path) -> bool:
+    """Whether every gzip member of ``path`` inflates to its end (its CRC and length checked)."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                while chunk:
+                    if inflater.eof:  # a gzip file may hold several concatenated members
+                        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                    inflater.decompress(chunk, INFLATE_PIECE)
+                    chunk = inflater.unconsumed_tail or (inflater.unused_data if inflater.eof else b"")
+        return inflater.eof
+    except (OSError, zlib.error):
+        return False
 
 
 def _row_count(fmt: str, newlines: int, sink: _Sink, final_name: str) -> int | None:

@@ -531,6 +531,7 @@ class InstructureHook(BaseHook):
         concurrency: int = 4,
         decompress: bool = False,
         inspect: bool = True,
+        reuse: bool = False,
     ) -> list[dict[str, Any]]:
         """Download every result object of a complete job into ``target``.
 
@@ -541,6 +542,8 @@ class InstructureHook(BaseHook):
         :param decompress: gunzip TSV/CSV/JSONL on the fly (not valid for parquet).
         :param inspect: inflate compressed parts in-stream to count rows and verify the gzip
             trailer; turn off when the consumer reads every byte anyway.
+        :param reuse: keep the parts an earlier try of the same job left in a local ``target``
+            when their size and gzip trailer check out; download only the others.
         :returns: per file ``{"object_id", "path", "size", "rows"}`` (rows when cheap to know).
         """
         if isinstance(job, dict):
@@ -559,6 +562,7 @@ class InstructureHook(BaseHook):
             concurrency=concurrency,
             decompress=decompress,
             inspect=inspect,
+            reuse=reuse,
             url_batch=self.url_batch,
             url_max_age=self.url_max_age,
             timeout=(settings.connect_timeout, max(settings.timeout, 300.0)),

@@ -7,8 +7,6 @@ HTTP, and all DAP calls go through the hook.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +16,12 @@ from airflow_provider_instructure._compat import AirflowNotFoundException, Asset
 from airflow_provider_instructure.assets import ALIAS_NAME, AssetAlias, emit_table_event
 from airflow_provider_instructure.exceptions import InstructureConfigError, InstructureError
 from airflow_provider_instructure.operators.cd2 import CD2QueryOperator
+from airflow_provider_instructure.operators.sync_workdir import (
+    job_parts_dir,
+    remove_job,
+    remove_other_jobs,
+    table_parts_dir,
+)
 from airflow_provider_instructure.replication import (
     ReplicationConfigError,
     SnapshotRequired,
@@ -49,10 +53,14 @@ class CD2SyncTableOperator(CD2QueryOperator):
     * A database created by the official ``dap initdb`` (PostgreSQL, MySQL) is continued
       where ``dap syncdb`` left it.
 
-    The query is deferrable like :class:`CD2QueryOperator`'s; files go to a temporary directory
-    that is removed afterwards. Returned to XCom (and logged): rows inserted, updated and deleted,
-    the new watermark, schema version, bytes downloaded and seconds per phase. An Asset event is
-    emitted for ``instructure://<namespace>/<table>`` and for the destination table.
+    The query is deferrable like :class:`CD2QueryOperator`'s; the parts are downloaded to
+    ``workdir``, kept there for a retry of a failed try and removed once the sync has committed.
+    Returned to XCom (and logged): rows inserted, updated and deleted, the new watermark, schema
+    version, bytes downloaded and seconds per phase. An Asset event is emitted for
+    ``instructure://<namespace>/<table>`` and for the destination table.
+
+    When DAP has no data for the table yet ("There is no data available yet"), the run succeeds
+    with 0 rows and ``no_data: true``: see :meth:`process_no_data`.
 
     :param table: DAP table name.
     :param namespace: DAP namespace.
@@ -62,7 +70,10 @@ class CD2SyncTableOperator(CD2QueryOperator):
     :param table_prefix: prepended to the table name (default: none on PostgreSQL,
         ``<namespace>__`` on MySQL and SQLite, as ``dap`` names tables there).
     :param download_concurrency: parallel downloads of result parts.
-    :param workdir: where to put downloaded parts (a temporary directory by default).
+    :param workdir: where downloaded parts go, in ``<workdir>/<namespace>.<table>-<key>/job_<id>/``
+        (default: ``airflow-cd2-sync`` in the system temporary directory; see :mod:`.sync_workdir`).
+        A failed try keeps its job's parts there and the retry reuses those that check out (size
+        and gzip trailer); a finished sync removes them, and a new job removes an older one's.
     :param kwargs: :class:`CD2QueryOperator` arguments (``deferrable``, ``poll_interval``,
         ``job_timeout``, ``instructure_conn_id``...). ``format``/``mode``/``since``/``until``
         are chosen by the operator (TSV, condensed, from the stored watermark).
@@ -179,12 +190,15 @@ class CD2SyncTableOperator(CD2QueryOperator):
         phases: dict[str, float] = {}
         if started is not None:
             phases["query"] = time.monotonic() - started
-        workdir = Path(tempfile.mkdtemp(prefix=f"cd2-{meta['table']}-", dir=self.workdir))
+        workdir = self._parts_dir(meta)
+        remove_other_jobs(workdir, self.log)
+        done = False
         try:
             clock = time.monotonic()
             # The load reads (and so verifies) every byte: no need to inflate the parts twice.
+            # Parts an earlier try of this job left behind are reused when they check out.
             files = self.hook.download_objects(
-                meta["objects"], workdir, concurrency=self.download_concurrency, inspect=False
+                meta["objects"], workdir, concurrency=self.download_concurrency, inspect=False, reuse=True
             )
             phases["download"] = time.monotonic() - clock
             schema = self.hook.get_table_schema(meta["table"], meta["namespace"])
@@ -199,12 +213,19 @@ class CD2SyncTableOperator(CD2QueryOperator):
                 destination = self._destination_uri(replicator)
             finally:
                 self._db.close()
+            done = True
         except _NeedSnapshot:
             # Rebuild from a snapshot, swapped in atomically by the replicator. This may defer;
-            # the snapshot then comes back through process_job.
+            # the snapshot then comes back through process_job. The incremental's parts are done with.
+            done = True
+            remove_job(workdir)
             return self._run_query(context, None)
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            if done:
+                remove_job(workdir)
+            elif workdir.is_dir():
+                # Kept for the retry, which resumes the same DAP job and reuses what checks out.
+                self.log.info("Keeping the downloaded parts of job %s in %s for a retry", meta["job_id"], workdir)
         summary = {
             **result.to_dict(),
             "namespace": meta["namespace"],
@@ -233,6 +254,12 @@ class CD2SyncTableOperator(CD2QueryOperator):
         )
         self._emit(context, meta, summary)
         return summary
+
+    def _parts_dir(self, meta: dict[str, Any]) -> Path:
+        destination = [self.destination_conn_id, self.destination_schema, self.table_prefix]
+        return job_parts_dir(
+            table_parts_dir(self.workdir, destination, meta["namespace"], meta["table"]), meta["job_id"]
+        )
 
     def process_no_data(self, context: Context, meta: dict[str, Any]) -> dict[str, Any]:
         """DAP has no data for the table yet: 0 rows, and no watermark stored.

@@ -1,0 +1,117 @@
+"""A retry of a failed sync reuses the parts the failed try downloaded for the same DAP job.
+
+Try 1 downloads every part and then fails in the load; try 2 resumes the same job (DAP
+de-duplicates the identical query) and downloads only what is missing or damaged, as the
+emulator's download counter shows. A finished sync leaves no parts behind.
+"""
+
+# The fixtures shared with test_cd2_sync are imported, then requested by name.
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import gzip
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_instructure.emulator.server import EmulatorServer
+from airflow_provider_instructure.hooks.downloads import _gzip_complete
+from airflow_provider_instructure.replication import replicator as replicator_module
+from tests.operators.test_cd2_sync import replica_equals_emulator, server, sync, warehouse  # noqa: F401 - fixtures
+from tests.replication.conftest import Database, my_server, pg_server  # noqa: F401 - fixtures
+
+SQLITE = pytest.mark.parametrize("warehouse", ["sqlite"], indirect=True)
+
+
+def downloads(server: EmulatorServer) -> Counter[str]:
+    """Downloads per object path so far."""
+    return Counter(c.path for c in server.emulator.stats.recent if c.route == "download" and c.status == 200)
+
+
+def fail_the_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    def dies(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("killed before the load")
+
+    monkeypatch.setattr(replicator_module, "read_part", dies)
+
+
+def parts_of(workdir: Path) -> list[Path]:
+    (table_dir,) = workdir.iterdir()
+    (job_dir,) = table_dir.iterdir()
+    return sorted(job_dir.glob("part-*"))
+
+
+def failed_try(server: EmulatorServer, monkeypatch: pytest.MonkeyPatch, workdir: Path) -> list[Path]:
+    with monkeypatch.context() as patch:
+        fail_the_load(patch)
+        with pytest.raises(RuntimeError, match="killed"):
+            sync("users", workdir=str(workdir))
+    parts = parts_of(workdir)
+    assert len(parts) == 3 and all(_gzip_complete(p) for p in parts)
+    assert sum(downloads(server).values()) == 3
+    return parts
+
+
+@SQLITE
+def test_retry_downloads_nothing_again_and_cleans_up(
+    server: EmulatorServer, warehouse: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    server.emulator.config.parts = 3
+    workdir = tmp_path / "parts"
+    failed_try(server, monkeypatch, workdir)
+    created = server.emulator.jobs.created_count
+    result = sync("users", workdir=str(workdir))
+    assert result["mode"] == "snapshot" and result["rows_inserted"] == 15
+    assert server.emulator.jobs.created_count == created  # the same job
+    assert sum(downloads(server).values()) == 3  # every part reused, none downloaded again
+    assert list(workdir.iterdir()) == []  # a finished sync removes its parts
+    replica_equals_emulator(warehouse, server, "canvas", "users", result)
+
+
+@SQLITE
+def test_damaged_parts_are_downloaded_again(
+    server: EmulatorServer, warehouse: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    server.emulator.config.parts = 3
+    workdir = tmp_path / "parts"
+    truncated, unrecorded, recorded = failed_try(server, monkeypatch, workdir)
+    truncated.write_bytes(truncated.read_bytes()[:-20])  # cut short after the try checked it
+    (unrecorded.parent / f".{unrecorded.name}.done").unlink()  # intact, but its record is gone
+    damaged = recorded.read_bytes()
+    recorded.write_bytes(damaged[:-8] + bytes(8))  # same size, trailer overwritten
+    before = downloads(server)
+    result = sync("users", workdir=str(workdir))
+    again = downloads(server) - before
+    assert sorted(path.rsplit("/", 1)[-1] for path in again) == sorted([truncated.name, recorded.name])
+    assert result["rows_inserted"] == 15
+    replica_equals_emulator(warehouse, server, "canvas", "users", result)
+
+
+@SQLITE
+def test_older_jobs_parts_are_removed_when_a_new_job_downloads(
+    server: EmulatorServer, warehouse: Database, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "parts"
+    with monkeypatch.context() as patch:
+        fail_the_load(patch)
+        with pytest.raises(RuntimeError):
+            sync("users", workdir=str(workdir))
+    (table_dir,) = workdir.iterdir()
+    (old_job,) = table_dir.iterdir()
+    server.emulator.advance(["canvas.users"], updates=1)  # new data: the next query is a new job
+    with monkeypatch.context() as patch:
+        fail_the_load(patch)
+        with pytest.raises(RuntimeError):
+            sync("users", workdir=str(workdir))
+    (new_job,) = table_dir.iterdir()
+    assert new_job != old_job
+
+
+def test_a_gzip_stream_check_needs_its_end(tmp_path: Path) -> None:
+    whole = gzip.compress(b"a\tb\n" * 1000) + gzip.compress(b"c\td\n")  # two members, as gzip allows
+    (tmp_path / "ok.gz").write_bytes(whole)
+    (tmp_path / "cut.gz").write_bytes(whole[:-3])
+    assert _gzip_complete(tmp_path / "ok.gz") and not _gzip_complete(tmp_path / "cut.gz")
