@@ -20,6 +20,13 @@ class InstructureConfigError(InstructureError, AirflowFailException):
     """Bad connection settings or task arguments; retrying cannot help. Raised before any network call."""
 
 
+class DestinationUnavailableError(InstructureError):
+    """The sync destination could not be reached (refused, too many clients, restarting, network).
+
+    Deliberately not an ``AirflowFailException``: these are transient, so Airflow's retries apply.
+    """
+
+
 class DapApiError(InstructureError):
     """An error answer from DAP or the Identity Service.
 

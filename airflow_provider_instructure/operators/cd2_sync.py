@@ -14,7 +14,11 @@ from typing import Any
 
 from airflow_provider_instructure._compat import AirflowNotFoundException, Asset, BaseHook, Context
 from airflow_provider_instructure.assets import ALIAS_NAME, AssetAlias, emit_table_event
-from airflow_provider_instructure.exceptions import InstructureConfigError, InstructureError
+from airflow_provider_instructure.exceptions import (
+    DestinationUnavailableError,
+    InstructureConfigError,
+    InstructureError,
+)
 from airflow_provider_instructure.operators.cd2 import CD2QueryOperator
 from airflow_provider_instructure.operators.sync_workdir import (
     job_parts_dir,
@@ -138,7 +142,8 @@ class CD2SyncTableOperator(CD2QueryOperator):
         try:
             db = hook.get_conn()
         except Exception as exc:  # driver errors name host/port; the password is not in them
-            raise InstructureConfigError(
+            # Transient more often than not (too many clients, a restart, a failover): let retries run.
+            raise DestinationUnavailableError(
                 f"Cannot connect to destination {self.destination_conn_id!r} ({conn.conn_type}://{conn.host or ''}"
                 f"{':' + str(conn.port) if conn.port else ''}/{conn.schema or ''}): {type(exc).__name__}: {exc}"
             ) from None
