@@ -33,7 +33,7 @@ with DAG(
         # Empty: the Airflow Variable ``cd2_target`` decides, read when the task runs (set it once
         # with ``airflow variables set cd2_target s3://bucket/cd2``; nothing to export on every process).
         "target": "",
-        "poll_interval": 30,  # seconds between job checks in the triggerer
+        "poll_interval": 30,  # longest wait between job checks (they start at 1 s and double), seconds
     },
 ) as dag:
     tables = ListCD2TablesOperator(task_id="list_tables", namespace="{{ params.namespace }}")
