@@ -29,8 +29,33 @@ class TsvFormatError(ReplicationError):
 
 
 class DataLoadError(ReplicationError):
-    """The database accepted a bulk load only with warnings (MySQL ``LOAD DATA LOCAL``
-    turns conversion errors into warnings); the transaction was rolled back."""
+    """A bulk load failed on the data or the file: the database refused a value, reported
+    warnings (MySQL ``LOAD DATA LOCAL`` turns conversion errors into warnings), or could not
+    read the part. The message carries the driver's own words; the transaction was rolled back."""
+
+
+class BadValueError(DataLoadError):
+    """A value that the bad-value policy (:mod:`~.values`) cannot turn into something the
+    target stores: the sync is rolled back, and the message says where the value is.
+
+    :param table: ``namespace.table -> target``.
+    :param part: the result part's file name.
+    :param line: line number in the (uncompressed) part, the header being line 1.
+    :param column: the column.
+    :param key: the record's key, ``name=value``.
+    :param value: the value, cut to 80 characters.
+    """
+
+    def __init__(
+        self, message: str, *, table: str, part: str, line: int | None, column: str, key: str, value: str
+    ) -> None:
+        super().__init__(message)
+        self.table = table
+        self.part = part
+        self.line = line
+        self.column = column
+        self.key = key
+        self.value = value
 
 
 class WatermarkError(ReplicationError):

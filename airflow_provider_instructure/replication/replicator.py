@@ -93,6 +93,13 @@ class SyncResult:
     :param job_id: the DAP job the result came from, if given.
     :param schema_changes: in-place DDL applied before the data (``ALTER TABLE ...``).
     :param continued_from_dap: the replica is a ``dap initdb`` table continued in place.
+    :param coerced_values: column name to the number of values stored differently from what
+        DAP sent under the bad-value policy (:mod:`.values`): empty fields of non-text columns
+        stored as NULL, timestamps clamped to the target's range, deletes without a key
+        skipped. Empty when nothing was coerced.
+    :param oversized_values: column name to the number of oversized-value placeholders
+        received (kept in text columns, a JSON string in JSON columns, NULL elsewhere).
+    :param skipped_deletes: delete records without a key, which cannot delete anything.
     """
 
     mode: str
@@ -110,6 +117,9 @@ class SyncResult:
     job_id: str | None = None
     schema_changes: tuple[str, ...] = ()
     continued_from_dap: bool = False
+    coerced_values: dict[str, int] = field(default_factory=dict)
+    oversized_values: dict[str, int] = field(default_factory=dict)
+    skipped_deletes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form for XCom (timestamps as ISO-8601 strings)."""
@@ -129,6 +139,9 @@ class SyncResult:
             "job_id": self.job_id,
             "schema_changes": list(self.schema_changes),
             "continued_from_dap": self.continued_from_dap,
+            "coerced_values": dict(self.coerced_values),
+            "oversized_values": dict(self.oversized_values),
+            "skipped_deletes": self.skipped_deletes,
         }
 
 
@@ -557,7 +570,11 @@ class TableReplicator:
             job_id=job_id,
             schema_changes=ddl,
             continued_from_dap=continued,
+            coerced_values=dict(sorted(counts.values.coerced.items())),
+            oversized_values=dict(sorted(counts.values.oversized.items())),
+            skipped_deletes=counts.values.skipped_deletes,
         )
+        counts.values.log(self.log, f"{mode} of {self.namespace}.{self.table} into {self.target_name}")
         self.log.info(
             "%s of %s.%s into %s: +%d inserted, %d updated, -%d deleted, watermark %s, schema v%d, %.2fs",
             mode,

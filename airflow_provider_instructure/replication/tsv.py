@@ -27,7 +27,7 @@ import gzip
 import io
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Full, Queue
@@ -183,13 +183,25 @@ def strip_leading_fields(block: bytes, count: int) -> bytes:
     return b"\n".join(out)
 
 
-def iter_body_chunks(part: Part, *, drop_leading: int = 0, size: int = CHUNK_SIZE) -> Iterator[bytes]:
+def iter_body_chunks(
+    part: Part,
+    *,
+    drop_leading: int = 0,
+    size: int = CHUNK_SIZE,
+    fix: Callable[[bytes], bytes] | None = None,
+) -> Iterator[bytes]:
     """Yield the part's records (header skipped) in blocks that end with a newline.
 
     :param drop_leading: cut this many leading fields off every record (the ``meta.*``
         fields when they lead, so the rest maps straight onto table columns).
+    :param fix: applied to every block first, with all header fields still in place (the
+        bad-value policy, :class:`~.values.ChunkFixer`).
     """
-    strip = functools.partial(strip_leading_fields, count=drop_leading) if drop_leading else None
+    strip_meta = functools.partial(strip_leading_fields, count=drop_leading) if drop_leading else None
+    if fix is not None and strip_meta is not None:
+        strip: Callable[[bytes], bytes] | None = lambda chunk: strip_meta(fix(chunk))  # noqa: E731
+    else:
+        strip = fix or strip_meta
     with open_part(part.path) as fh:
         fh.readline()
         rest = b""
@@ -338,6 +350,15 @@ def unescape(field: str) -> str | None:
 
 def iter_rows(part: Part) -> Iterator[list[str | None]]:
     """Yield every record of ``part`` as decoded fields in header order (for SQLite only)."""
+    for _, fields in iter_numbered_rows(part):
+        yield fields
+
+
+def iter_numbered_rows(part: Part) -> Iterator[tuple[int, list[str | None]]]:
+    """Yield ``(line number, decoded fields)`` for every record of ``part`` (the header is line 1).
+
+    :raises TsvFormatError: a record whose field count differs from the header's.
+    """
     width = len(part.fields)
     with open_part(part.path) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", newline="\n")
@@ -350,4 +371,14 @@ def iter_rows(part: Part) -> Iterator[list[str | None]]:
             fields = line.split("\t")
             if len(fields) != width:
                 raise TsvFormatError(f"{part.path.name}, line {number}: {len(fields)} fields, the header has {width}")
-            yield [unescape(f) for f in fields]
+            yield number, [unescape(f) for f in fields]
+
+
+def read_record(part: Part, number: int) -> list[str | None] | None:
+    """The decoded fields of line ``number`` of ``part`` (``None`` past the end); for error
+    messages, which name the key and the value of a record the database refused."""
+    with open_part(part.path) as raw:
+        for current, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="\n"), 1):
+            if current == number:
+                return [unescape(f) for f in line.rstrip("\n").split("\t")]
+    return None

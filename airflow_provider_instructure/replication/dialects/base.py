@@ -26,6 +26,13 @@ from airflow_provider_instructure.replication.errors import (
 )
 from airflow_provider_instructure.replication.schema_changes import SchemaChange
 from airflow_provider_instructure.replication.tsv import Part
+from airflow_provider_instructure.replication.values import (
+    ChunkFixer,
+    FieldFixer,
+    TimestampRange,
+    ValueTally,
+    role_of,
+)
 
 #: Suffixes of the side tables a snapshot is built in / the live table is moved to.
 #: ``<table>__dap_new`` and ``<table>__dap_old`` are reserved names.
@@ -91,12 +98,14 @@ class PhaseTimer:
 
 @dataclass
 class LoadCounts:
-    """What a load did: rows by outcome and uncompressed bytes sent to the database."""
+    """What a load did: rows by outcome, uncompressed bytes sent to the database, and what
+    the bad-value policy did (:class:`~..values.ValueTally`)."""
 
     inserted: int = 0
     updated: int = 0
     deleted: int = 0
     bytes_loaded: int = 0
+    values: ValueTally = field(default_factory=ValueTally)
 
 
 @dataclass
@@ -114,6 +123,7 @@ class LoadJob:
     :param column_types: snapshot only: SQL type of every column of the new table.
     :param live: incremental only: the target's current columns.
     :param replace_live: snapshot only: a live table exists and is swapped out.
+    :param tally: what the bad-value policy did, filled while loading.
     """
 
     target: Target
@@ -125,10 +135,47 @@ class LoadJob:
     column_types: dict[str, str] = field(default_factory=dict)
     live: dict[str, LiveColumn] = field(default_factory=dict)
     replace_live: bool = False
+    tally: ValueTally = field(default_factory=ValueTally)
 
     @property
     def key_names(self) -> list[str]:
         return [c.name for c in self.schema.key_columns]
+
+    @property
+    def where(self) -> str:
+        """``namespace.table -> target``, for messages."""
+        return f"{self.target.namespace}.{self.target.source_table} -> {self.target.display}"
+
+    def roles(self, part: Part) -> list[str | None]:
+        """The bad-value role (:func:`~..values.role_of`) of every header field of ``part``."""
+        out: list[str | None] = []
+        for f in part.fields:
+            if f.column is None:
+                out.append(None)
+                continue
+            live = self.live.get(f.name)
+            out.append(role_of(f.column, native_array=bool(live is not None and live.array_of)))
+        return out
+
+    def field_fixer(
+        self, part: Part, timestamps: TimestampRange, *, null: str | None, tally: ValueTally | None = None
+    ) -> FieldFixer:
+        """The bad-value policy for the records of ``part`` on a target with ``timestamps``."""
+        return FieldFixer(
+            where=self.where,
+            part=part.path.name,
+            names=[None if f.is_meta else f.name for f in part.fields],
+            roles=self.roles(part),
+            keys=[i for i, f in enumerate(part.fields) if f.column is not None and f.column.is_key],
+            action=next((i for i, f in enumerate(part.fields) if f.label == "meta.action"), None),
+            timestamps=timestamps,
+            tally=self.tally if tally is None else tally,
+            null=null,
+        )
+
+    def chunk_fixer(self, part: Part, timestamps: TimestampRange, *, tally: ValueTally | None = None) -> ChunkFixer:
+        """The bad-value policy for blocks of ``part``'s COPY text (``\\N`` is NULL)."""
+        return ChunkFixer(self.field_fixer(part, timestamps, null="\\N", tally=tally), self.roles(part))
 
     def incoming_fields(self) -> dict[str, bool]:
         """Incremental only: every column the parts carry (meta included), in first-seen order,
@@ -169,6 +216,8 @@ class Dialect(ABC):
     #: The snapshot commits its state with ``pending_swap`` set and the table is renamed in
     #: afterwards by :meth:`swap_in` (databases whose DDL cannot join a transaction).
     deferred_swap: ClassVar[bool] = False
+    #: The timestamps the target stores, for the bad-value policy (:mod:`~..values`).
+    timestamps: ClassVar[TimestampRange]
 
     def __init__(self, connection: Any, log: logging.Logger) -> None:
         self.conn = connection

@@ -46,12 +46,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from airflow_provider_instructure.dap_schema import Column, TableSchema
@@ -64,25 +61,15 @@ from airflow_provider_instructure.replication.dialects.base import (
     LoadJob,
     Target,
 )
-from airflow_provider_instructure.replication.errors import (
-    DataLoadError,
-    ReplicationConfigError,
-    TsvFormatError,
-)
+from airflow_provider_instructure.replication.dialects.mysql_load import load_part
+from airflow_provider_instructure.replication.errors import ReplicationConfigError, TsvFormatError
 from airflow_provider_instructure.replication.schema_changes import SchemaChange
-from airflow_provider_instructure.replication.tsv import (
-    META_ACTION,
-    Part,
-    iter_body_chunks,
-    mysql_transcode,
-    needs_mysql_transcode,
-    open_part,
-)
+from airflow_provider_instructure.replication.tsv import META_ACTION, Part
 from airflow_provider_instructure.replication.types import dap_cli_type, sql_type
+from airflow_provider_instructure.replication.values import MYSQL_RANGE
 
 STAGE = "dap_stage"
 _REQUIRED_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "CREATE TEMPORARY TABLES")
-_LOCAL_INFILE_ERRORS = {1148, 2068, 3948, 3950}
 _ENUM_MEMBER = re.compile(r"'((?:[^']|'')*)'")
 _CLIENT_LOCAL_FILES = 128  # capability flag CLIENT_LOCAL_FILES
 
@@ -91,20 +78,12 @@ def _literal(value: object) -> str:
     return "'" + str(value).replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def _errno(exc: BaseException) -> int | None:
-    number = getattr(exc, "errno", None)
-    if isinstance(number, int):
-        return number
-    if exc.args and isinstance(exc.args[0], int):
-        return exc.args[0]
-    return None
-
-
 class MySQLDialect(Dialect):
     """MySQL 8 and MariaDB through mysql-connector-python or PyMySQL."""
 
     name = "mysql"
     max_identifier = 64
+    timestamps = MYSQL_RANGE
     deferred_swap = True
     state_types = {
         "key": "VARCHAR(255)",
@@ -177,16 +156,28 @@ class MySQLDialect(Dialect):
         try:
             yield
         finally:
+            self._quietly(lambda cur: self._release(cur, name), f"could not release {name}")
+
+    def _release(self, cur: Any, name: str) -> None:
+        if self.in_transaction():
+            self.conn.rollback()
+        self.fetch_one(cur, "SELECT RELEASE_LOCK(%s)", (name,))
+        self.conn.rollback()
+
+    def _quietly(self, step: Callable[[Any], None], what: str) -> None:
+        """Run a clean-up step that must not hide the error being raised: a load that failed
+        inside the LOCAL INFILE exchange leaves the connection unusable, and every statement
+        after it (even opening a cursor) fails with "MySQL Connection not available"."""
+        cur = None
+        try:
             cur = self.cursor()
-            try:
-                if self.in_transaction():
-                    self.conn.rollback()
-                self.fetch_one(cur, "SELECT RELEASE_LOCK(%s)", (name,))
-                self.conn.rollback()
-            except Exception:  # a broken connection releases its locks by itself
-                self.log.debug("could not release %s", name, exc_info=True)
-            finally:
-                cur.close()
+            step(cur)
+        except Exception:  # a broken connection releases its locks and temporary tables by itself
+            self.log.debug("%s", what, exc_info=True)
+        finally:
+            if cur is not None:
+                with contextlib.suppress(Exception):
+                    cur.close()
 
     def resolve_target(self, namespace: str, table: str, target_schema: str | None, table_prefix: str | None) -> Target:
         database = target_schema
@@ -400,95 +391,16 @@ class MySQLDialect(Dialect):
                 cur.close()
         return statements
 
-    # -- loading --------------------------------------------------------------------------
+    # -- loading (the LOAD DATA details are in .mysql_load) -----------------------------------
 
-    @contextlib.contextmanager
-    def _loadable_file(self, part: Part) -> Iterator[tuple[Path, int]]:
-        """A plain file MySQL reads correctly: the part itself, or a transcoded temporary copy."""
-        if not part.compressed and not needs_mysql_transcode(part.path):
-            yield part.path, part.size
-            return
-        fd, name = self._temp_file(part.path)
-        written = 0
-        try:
-            with os.fdopen(fd, "wb") as out, open_part(part.path) as src:
-                header = src.readline()
-                out.write(header)
-                written += len(header)
-            with open(name, "ab") as out:
-                for chunk in iter_body_chunks(part):
-                    chunk = mysql_transcode(chunk)
-                    out.write(chunk)
-                    written += len(chunk)
-            yield Path(name), written
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(name)
-
-    @staticmethod
-    def _temp_file(source: Path) -> tuple[int, str]:
-        # Next to the download first (it was sized for the data), else the temp directory.
-        try:
-            return tempfile.mkstemp(prefix=f".{source.name}.", suffix=".mysql.tsv", dir=source.parent)
-        except OSError:
-            return tempfile.mkstemp(prefix=f"{source.name}.", suffix=".mysql.tsv")
-
-    def _load_part(
-        self, cur: Any, table_sql: str, part: Part, *, staging: bool, live: dict[str, LiveColumn] | None = None
-    ) -> int:
-        q = self.quote
-        targets: list[str] = []
-        sets: list[str] = []
-        for i, f in enumerate(part.fields):
-            if f.column is None:
-                targets.append(q(META_ACTION) if staging and f.label == META_ACTION else "@dummy")
-                continue
-            kind = f.column.type.kind
-            var = f"@v{i}"
-            binary = live is not None and f.name in live and live[f.name].sql_type.lower() == "binary(16)"
-            if binary and kind in ("uuid", "ip"):
-                # dap initdb stores UUIDs and IP addresses as 16 raw bytes on MySQL.
-                targets.append(var)
-                convert = f"UNHEX(REPLACE({var}, '-', ''))" if kind == "uuid" else f"INET6_ATON({var})"
-                sets.append(f"{q(f.name)} = {convert}")
-            elif kind == "boolean":
-                targets.append(var)
-                sets.append(
-                    f"{q(f.name)} = CASE {var} WHEN 'true' THEN 1 WHEN 'false' THEN 0 ELSE CAST({var} AS SIGNED) END"
-                )
-            elif kind == "timestamp":
-                targets.append(var)
-                sets.append(f"{q(f.name)} = CAST(REPLACE(REPLACE({var}, 'T', ' '), 'Z', '') AS DATETIME(6))")
-            else:
-                targets.append(q(f.name))
-        sql = (
-            f"LOAD DATA LOCAL INFILE %s REPLACE INTO TABLE {table_sql} CHARACTER SET utf8mb4 "
-            "FIELDS TERMINATED BY X'09' ESCAPED BY X'5C' LINES TERMINATED BY X'0A' IGNORE 1 LINES "
-            f"({', '.join(targets)})"
-        )
-        if sets:
-            sql += f" SET {', '.join(sets)}"
-        with self._loadable_file(part) as (path, size):
-            try:
-                cur.execute(sql, (str(path),))
-            except Exception as exc:
-                if _errno(exc) in _LOCAL_INFILE_ERRORS:
-                    raise ReplicationConfigError(
-                        f"LOAD DATA LOCAL INFILE was refused ({exc}); enable local_infile on the server and open the "
-                        "connection with allow_local_infile=True (MySqlHook(local_infile=True))"
-                    ) from exc
-                raise
-        warnings = [w for w in self.fetch_all(cur, "SHOW WARNINGS LIMIT 5") if str(w[0]) != "Note"]
-        if warnings:
-            shown = "; ".join(f"{w[0]} {w[1]}: {w[2]}" for w in warnings)
-            raise DataLoadError(f"{part.path.name}: MySQL reported problems loading {table_sql}: {shown}")
-        return size
+    def _load_part(self, cur: Any, table_sql: str, part: Part, job: LoadJob, *, staging: bool) -> int:
+        return load_part(self, cur, table_sql, part, job, staging=staging)
 
     def snapshot(self, job: LoadJob) -> LoadCounts:
         t = job.target
         build = self.side_name(t.table, NEW_SUFFIX)
         build_sql = self.qualify(t.schema, build)
-        counts = LoadCounts()
+        counts = LoadCounts(values=job.tally)
         cur = self.cursor()
         try:
             with job.timer.phase("prepare"):
@@ -498,13 +410,14 @@ class MySQLDialect(Dialect):
                 # Nobody reads the side table, so its loads need no enclosing transaction; a
                 # crash leaves a stray table the next snapshot drops.
                 for part in job.parts:
-                    counts.bytes_loaded += self._load_part(cur, build_sql, part, staging=False)
+                    counts.bytes_loaded += self._load_part(cur, build_sql, part, job, staging=False)
                     self.conn.commit()
                 row = self.fetch_one(cur, f"SELECT COUNT(*) FROM {build_sql}")
                 self.conn.commit()
                 counts.inserted = int(row[0]) if row else 0
         finally:
-            cur.close()
+            with contextlib.suppress(Exception):  # a dead connection must not hide the load's error
+                cur.close()
         with job.timer.phase("swap"), self.transaction(timer=job.timer) as tx:
             job.write_state(tx, pending_swap=build)
         return counts
@@ -539,7 +452,7 @@ class MySQLDialect(Dialect):
         q = self.quote
         stage = q(STAGE)
         data_cols = job.data_columns()
-        counts = LoadCounts()
+        counts = LoadCounts(values=job.tally)
         live_sql = self.qualified(t)
         action = q(META_ACTION)
         match = self.key_match("t", "s", keys)
@@ -557,7 +470,7 @@ class MySQLDialect(Dialect):
                     )
                 with job.timer.phase("load"):
                     for part in job.parts:
-                        counts.bytes_loaded += self._load_part(cur, stage, part, staging=True, live=live)
+                        counts.bytes_loaded += self._load_part(cur, stage, part, job, staging=True)
                 with job.timer.phase("merge"):
                     bad = self.fetch_one(
                         cur, f"SELECT COUNT(*) FROM {stage} WHERE {action} IS NULL OR {action} NOT IN ('U', 'D')"
@@ -582,14 +495,8 @@ class MySQLDialect(Dialect):
                     counts.inserted = (int(upserts[0]) if upserts else 0) - counts.updated
                     job.write_state(cur)
         finally:
-            cur = self.cursor()
-            try:
-                cur.execute(f"DROP TEMPORARY TABLE IF EXISTS {stage}")
-                self.conn.commit()
-            except Exception:  # the session may be gone; its temporary table with it
-                self.log.debug("could not drop the staging table", exc_info=True)
-            finally:
-                cur.close()
+            # The session may be gone (and its temporary table with it).
+            self._quietly(lambda cur: self._ddl(cur, f"DROP TEMPORARY TABLE IF EXISTS {stage}"), "no stage dropped")
         return counts
 
 

@@ -46,6 +46,7 @@ from airflow_provider_instructure.replication.dialects.base import (
     Target,
 )
 from airflow_provider_instructure.replication.errors import ReplicationConfigError, ReplicationError, TsvFormatError
+from airflow_provider_instructure.replication.locate import at_line, pg_copy_location
 from airflow_provider_instructure.replication.schema_changes import SchemaChange
 from airflow_provider_instructure.replication.tsv import (
     CHUNK_SIZE,
@@ -56,6 +57,7 @@ from airflow_provider_instructure.replication.tsv import (
     prefetch,
 )
 from airflow_provider_instructure.replication.types import dap_cli_type, sql_type
+from airflow_provider_instructure.replication.values import POSTGRES_RANGE
 
 _RELKINDS = {"v": "view", "m": "materialized view", "f": "foreign table", "S": "sequence", "c": "composite type"}
 STAGE = "dap_stage"
@@ -71,6 +73,7 @@ class PostgresDialect(Dialect):
 
     name = "postgres"
     max_identifier = 63
+    timestamps = POSTGRES_RANGE
     state_types = {
         "key": "varchar(255)",
         "name": "varchar(64)",
@@ -370,15 +373,24 @@ class PostgresDialect(Dialect):
                     sent += len(chunk)
             return cur.rowcount, sent
 
-    def _copy_part(self, cur: Any, table_sql: str, part: Part, *, with_meta: bool, freeze: bool) -> tuple[int, int]:
+    def _copy_part(
+        self, cur: Any, table_sql: str, part: Part, job: LoadJob, *, with_meta: bool, freeze: bool
+    ) -> tuple[int, int]:
         fields = part.fields if with_meta else part.data_fields
         drop = 0 if with_meta else part.leading_meta
         cols = ", ".join(self.quote(f.name) for f in fields)
         # DAP files are UTF-8 whatever the session's client_encoding says.
         options = "FORMAT text, ENCODING 'UTF8'" + (", FREEZE" if freeze else "")
-        return self._copy(
-            cur, f"COPY {table_sql} ({cols}) FROM STDIN WITH ({options})", iter_body_chunks(part, drop_leading=drop)
-        )
+        fixer = job.chunk_fixer(part, self.timestamps)
+        chunks = iter_body_chunks(part, drop_leading=drop, fix=fixer)
+        try:
+            return self._copy(cur, f"COPY {table_sql} ({cols}) FROM STDIN WITH ({options})", chunks)
+        except Exception as exc:
+            location = pg_copy_location(exc) if str(_sqlstate(exc) or "")[:2] in ("22", "23") else None
+            if location is None:
+                raise
+            line, column = location
+            raise at_line(job.where, part, fixer.file_line(line), column, str(exc).splitlines()[0]) from exc
 
     def _dedupe(self, cur: Any, table_sql: str, keys: list[str]) -> int:
         # Fresh tables and temp tables are filled in file order, so the larger ctid is the
@@ -393,7 +405,7 @@ class PostgresDialect(Dialect):
         keys = job.key_names
         build = self.side_name(t.table, NEW_SUFFIX) if job.replace_live else t.table
         build_sql = self.qualify(t.schema, build)
-        counts = LoadCounts()
+        counts = LoadCounts(values=job.tally)
         with self.transaction(timer=job.timer) as cur:
             with job.timer.phase("prepare"):
                 self.ensure_schema(cur, t)
@@ -404,7 +416,7 @@ class PostgresDialect(Dialect):
                 rows = 0
                 for part in job.parts:
                     if part.meta_is_leading:
-                        n, sent = self._copy_part(cur, build_sql, part, with_meta=False, freeze=True)
+                        n, sent = self._copy_part(cur, build_sql, part, job, with_meta=False, freeze=True)
                     else:
                         n, sent = self._copy_through_stage(cur, build_sql, part, job)
                     rows += n
@@ -431,7 +443,7 @@ class PostgresDialect(Dialect):
         stage = self.quote(STAGE + "_snapshot")
         defs = [f"{self.quote(f.name)} {'text' if f.is_meta else job.column_types[f.name]}" for f in part.fields]
         cur.execute(f"CREATE TEMP TABLE {stage} ({', '.join(defs)}) ON COMMIT DROP")
-        n, sent = self._copy_part(cur, stage, part, with_meta=True, freeze=False)
+        n, sent = self._copy_part(cur, stage, part, job, with_meta=True, freeze=False)
         cols = ", ".join(self.quote(f.name) for f in part.data_fields)
         cur.execute(f"INSERT INTO {build_sql} ({cols}) SELECT {cols} FROM {stage}")
         cur.execute(f"DROP TABLE {stage}")
@@ -472,7 +484,7 @@ class PostgresDialect(Dialect):
         stage = self.quote(STAGE)
         fields = job.incoming_fields()  # staging column -> is meta
         data_cols = [name for name, meta in fields.items() if not meta]
-        counts = LoadCounts()
+        counts = LoadCounts(values=job.tally)
         with self.transaction(timer=job.timer) as cur:
             with job.timer.phase("prepare"):
                 defs = []
@@ -484,7 +496,7 @@ class PostgresDialect(Dialect):
                 cur.execute(f"CREATE TEMP TABLE {stage} ({', '.join(defs)}) ON COMMIT DROP")
             with job.timer.phase("load"):
                 for part in job.parts:
-                    _, sent = self._copy_part(cur, stage, part, with_meta=True, freeze=False)
+                    _, sent = self._copy_part(cur, stage, part, job, with_meta=True, freeze=False)
                     counts.bytes_loaded += sent
                 # Statistics of the key and action columns are all the merge's plans need;
                 # a full ANALYZE of a wide stage costs as much as loading it.

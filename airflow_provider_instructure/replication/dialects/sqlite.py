@@ -33,8 +33,9 @@ from airflow_provider_instructure.replication.dialects.base import (
 )
 from airflow_provider_instructure.replication.errors import ReplicationConfigError, TsvFormatError
 from airflow_provider_instructure.replication.schema_changes import SchemaChange
-from airflow_provider_instructure.replication.tsv import META_ACTION, Part, iter_rows
+from airflow_provider_instructure.replication.tsv import META_ACTION, Part, iter_numbered_rows
 from airflow_provider_instructure.replication.types import sql_type
+from airflow_provider_instructure.replication.values import PYTHON_RANGE
 
 BATCH_ROWS = 5000
 STAGE = "dap_stage"
@@ -78,6 +79,7 @@ class SQLiteDialect(Dialect):
 
     name = "sqlite"
     param = "?"
+    timestamps = PYTHON_RANGE
     max_identifier = 255
     state_types = {
         "key": "TEXT",
@@ -202,8 +204,13 @@ class SQLiteDialect(Dialect):
 
     # -- loading --------------------------------------------------------------------------
 
-    def _insert_part(self, cur: Any, table_sql: str, part: Part, *, with_action: bool, replace: bool) -> int:
-        """Insert a part's records; returns the bytes read."""
+    def _insert_part(
+        self, cur: Any, table_sql: str, part: Part, job: LoadJob, *, with_action: bool, replace: bool
+    ) -> int:
+        """Insert a part's records, after the bad-value policy; returns the bytes read.
+
+        :raises BadValueError: a value that still does not convert (``abc`` in an integer column...).
+        """
         picks: list[int] = []
         names: list[str] = []
         converters: list[Callable[[str], Any] | None] = []
@@ -223,13 +230,22 @@ class SQLiteDialect(Dialect):
             f"VALUES ({', '.join('?' * len(names))})"
         )
         plan = list(zip(picks, converters, strict=True))
+        fixer = job.field_fixer(part, self.timestamps, null=None)
 
         def rows() -> Iterator[tuple[Any, ...]]:
-            for fields in iter_rows(part):
-                yield tuple(
-                    value if value is None or conv is None else conv(value)
-                    for value, conv in ((fields[i], conv) for i, conv in plan)
-                )
+            for line, raw in iter_numbered_rows(part):
+                fields = fixer.fix(raw, line)
+                if fields is None:
+                    continue  # a delete without a key
+                fixer.count_text_placeholders(fields)
+                try:
+                    yield tuple(
+                        value if value is None or conv is None else conv(value)
+                        for value, conv in ((fields[i], conv) for i, conv in plan)
+                    )
+                except (ValueError, OverflowError, TsvFormatError) as exc:
+                    bad = next(i for i, conv in plan if not _converts(conv, fields[i]))
+                    raise fixer.error(line, bad, fields[bad], fields, f"cannot be loaded: {exc}") from exc
 
         source = rows()
         while batch := list(islice(source, BATCH_ROWS)):
@@ -240,7 +256,7 @@ class SQLiteDialect(Dialect):
         t = job.target
         build = self.side_name(t.table, NEW_SUFFIX) if job.replace_live else t.table
         build_sql = self.qualify(t.schema, build)
-        counts = LoadCounts()
+        counts = LoadCounts(values=job.tally)
         with self.transaction(timer=job.timer) as cur:
             with job.timer.phase("prepare"):
                 if job.replace_live:
@@ -249,7 +265,7 @@ class SQLiteDialect(Dialect):
             with job.timer.phase("load"):
                 for part in job.parts:
                     counts.bytes_loaded += self._insert_part(
-                        cur, build_sql, part, with_action=False, replace=job.dedupe
+                        cur, build_sql, part, job, with_action=False, replace=job.dedupe
                     )
                 row = self.fetch_one(cur, f"SELECT COUNT(*) FROM {build_sql}")
                 counts.inserted = int(row[0]) if row else 0
@@ -274,7 +290,7 @@ class SQLiteDialect(Dialect):
         q = self.quote
         stage = f"temp.{q(STAGE)}"
         data_cols = job.data_columns()
-        counts = LoadCounts()
+        counts = LoadCounts(values=job.tally)
         live_sql = self.qualified(t)
         action = q(META_ACTION)
         with self.transaction(timer=job.timer) as cur:
@@ -286,7 +302,7 @@ class SQLiteDialect(Dialect):
             with job.timer.phase("load"):
                 for part in job.parts:
                     # INSERT OR REPLACE: a key repeated within the result keeps its last row.
-                    counts.bytes_loaded += self._insert_part(cur, stage, part, with_action=True, replace=True)
+                    counts.bytes_loaded += self._insert_part(cur, stage, part, job, with_action=True, replace=True)
             with job.timer.phase("merge"):
                 bad = self.fetch_one(
                     cur, f"SELECT COUNT(*) FROM {stage} WHERE {action} IS NULL OR {action} NOT IN ('U', 'D')"
@@ -322,6 +338,16 @@ class SQLiteDialect(Dialect):
                 cur.execute(f"DROP TABLE {stage}")
                 job.write_state(cur)
         return counts
+
+
+def _converts(conv: Callable[[str], Any] | None, value: str | None) -> bool:
+    if value is None or conv is None:
+        return True
+    try:
+        conv(value)
+    except (ValueError, OverflowError, TsvFormatError):
+        return False
+    return True
 
 
 def _uncompressed_size(part: Part) -> int:
