@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from airflow_provider_instructure.emulator.quirks import check_quirks
+
 DEMO_CLIENT_ID = "us-east-1#demo-client-id"
 DEMO_CLIENT_SECRET = "demo-client-secret"
 
@@ -51,6 +53,10 @@ class EmulatorConfig:
         yet: ``"post"`` (``POST .../data`` answers 400 ``ProcessingError`` "There is no data
         available yet") or ``"job"`` (a job is created and fails with that error). The table's
         schema and listing are unaffected. Empty (every table has data) by default.
+    :param quirks: value quirks of real DAP results, as ``{quirk: rate}`` with the rate the
+        fraction (0 to 1) of eligible cells or delete records that get it: out-of-range
+        timestamps, the oversized placeholder in text/JSON/typed columns, empty fields in
+        typed columns and in deletes (:mod:`.quirks` lists them). Off (empty) by default.
     """
 
     clients: dict[str, str] = field(default_factory=lambda: {DEMO_CLIENT_ID: DEMO_CLIENT_SECRET})
@@ -67,6 +73,7 @@ class EmulatorConfig:
     rows_per_part: int = 100_000
     rate_limits: dict[str, tuple[int, float]] = field(default_factory=dict)
     tables_without_data: dict[str, str] = field(default_factory=dict)
+    quirks: dict[str, float] = field(default_factory=dict)
 
     def enable_rate_limits(self, scale: float = 1.0) -> None:
         """Turn on the documented per-endpoint limits; ``scale`` shrinks the 60 s window.
@@ -93,6 +100,8 @@ class EmulatorConfig:
                     raise ValueError(
                         f"tables_without_data wants 'namespace.table': one of {NO_DATA_VARIANTS}, got {bad}"
                     )
+            if name == "quirks":
+                value = check_quirks(value)
             setattr(self, name, value)
 
     def as_dict(self) -> dict[str, Any]:

@@ -58,6 +58,16 @@ def control_router(emulator: Emulator) -> APIRouter:
             emulator.config.rate_limits = {}
         return JSONResponse({"rate_limits": emulator.config.rate_limits})
 
+    @router.post("/quirks")
+    async def quirks(request: Request) -> JSONResponse:
+        """Body: ``{"timestamp_after_9999": 0.2, "empty_typed": 0.1}`` replaces the value quirks
+        (``{}`` turns them off); see :mod:`.quirks`. They apply to jobs created afterwards."""
+        try:
+            emulator.config.update({"quirks": await body(request)})
+        except (ValueError, TypeError) as exc:
+            return bad(exc)
+        return JSONResponse({"quirks": emulator.config.quirks})
+
     @router.post("/faults")
     async def faults(request: Request) -> JSONResponse:
         """Body: ``{"route": "get_job", "kind": "500", "count": 2, ...params}``."""

@@ -80,7 +80,7 @@ class Emulator:
         workdir: Path | None = None,
     ) -> None:
         self.config = config or EmulatorConfig()
-        self.dataset = Dataset(seed=seed, rows=rows, clock_start=clock_start)
+        self.dataset = Dataset(seed=seed, rows=rows, clock_start=clock_start, quirks=lambda: self.config.quirks)
         self.jobs = JobStore(self.dataset, self.config, workdir)
         self.faults = FaultPlan()
         self.limiter = RateLimiter()

@@ -12,7 +12,7 @@ import copy
 import json
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from importlib import resources
@@ -79,6 +79,7 @@ class Table:
     _versions: dict[int, int] = field(default_factory=dict)
     _deleted: set[int] = field(default_factory=set)
     _factory: RowFactory | None = None
+    quirks: Callable[[], Mapping[str, float]] | None = None
 
     # -- schema -------------------------------------------------------------------------
 
@@ -97,7 +98,7 @@ class Table:
     @property
     def factory(self) -> RowFactory:
         if self._factory is None or self._factory.schema is not self.schema:
-            self._factory = RowFactory(self.namespace, self.name, self.schema, self.seed)
+            self._factory = RowFactory(self.namespace, self.name, self.schema, self.seed, self.quirks)
         return self._factory
 
     def hidden_columns(self, row_ts: datetime) -> frozenset[str]:
@@ -228,6 +229,8 @@ class Dataset:
         current hour two days ago, so ``at``/``until`` look like real DAP watermarks.
     :param schemas: ``{namespace: {table: versioned schema}}``; the bundled ones by default.
     :param retention: per ``"namespace.table"`` retention of incremental history.
+    :param quirks: returns the value quirks to apply (:mod:`.quirks`); read whenever a row is
+        generated, so changing them affects the next job.
     """
 
     def __init__(
@@ -237,6 +240,7 @@ class Dataset:
         clock_start: datetime | None = None,
         schemas: dict[str, dict[str, dict[str, Any]]] | None = None,
         retention: dict[str, timedelta] | None = None,
+        quirks: Callable[[], Mapping[str, float]] | None = None,
     ) -> None:
         if clock_start is None:
             now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
@@ -259,6 +263,7 @@ class Dataset:
                     seed=seed,
                     revisions=[SchemaRevision(clock_start, versioned, parse_table_schema(versioned))],
                     retention=retention.get(f"{namespace}.{name}"),
+                    quirks=quirks,
                 )
 
     @property

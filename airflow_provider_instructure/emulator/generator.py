@@ -11,12 +11,14 @@ from __future__ import annotations
 import random
 import uuid
 import zlib
+from collections.abc import Callable, Mapping
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
 from airflow_provider_instructure.dap_schema import ColumnType, TableSchema, column_type
 from airflow_provider_instructure.emulator.encoders import format_timestamp
+from airflow_provider_instructure.emulator.quirks import apply_value_quirks, delete_quirks
 
 #: Strings that break naive encoders: every one of them must survive TSV, CSV, JSONL and
 #: every database load unchanged.
@@ -56,10 +58,19 @@ class RowFactory:
     :param table: the table name.
     :param schema: the parsed schema the rows conform to.
     :param seed: the emulator-wide seed.
+    :param quirks: returns the emulator's current value quirks (:mod:`.quirks`), read per row.
     """
 
-    def __init__(self, namespace: str, table: str, schema: TableSchema, seed: int = 0) -> None:
+    def __init__(
+        self,
+        namespace: str,
+        table: str,
+        schema: TableSchema,
+        seed: int = 0,
+        quirks: Callable[[], Mapping[str, float]] | None = None,
+    ) -> None:
         self.namespace = namespace
+        self._quirks = quirks
         self.table = table
         self.schema = schema
         self._base = _seed(seed, namespace, table)
@@ -115,7 +126,21 @@ class RowFactory:
                 out[name] = _EPOCH + timedelta(seconds=k * 37 % 86_400_000, microseconds=k * 7 % 1_000_000)
             else:
                 out[name] = _scalar(rnd, typ, node, k, version)
+        quirks = self._quirks() if self._quirks is not None else None
+        if quirks:
+            # After every draw, so that the values of the cells without a quirk do not move.
+            columns = tuple(c for c in self.schema.value_columns if not (hidden and c.name in hidden))
+            apply_value_quirks(quirks, self._base, columns, out, k, version)
         return out
+
+    def deleted(self, k: int, ts: datetime) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The key and value sections of a delete record of row ``k`` committed at ``ts``
+        (the value is ``None`` unless a delete quirk is on)."""
+        key = self.key(k)
+        quirks = self._quirks() if self._quirks is not None else None
+        if not quirks:
+            return key, None
+        return delete_quirks(quirks, self._base, key, self.schema.value_columns, k, ts)
 
 
 def _scalar(rnd: random.Random, typ: ColumnType, node: dict[str, Any], k: int, version: int) -> Any:

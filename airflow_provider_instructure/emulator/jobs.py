@@ -240,10 +240,10 @@ class JobStore:
 def _records(table: Table, states: Iterable[RowState], factory: RowFactory | None = None) -> Iterator[Record]:
     factory = factory or table.factory
     for state in states:
-        key = factory.key(state.k)
         if state.deleted:
-            yield Record(state.ts, key, None, "D")
+            yield Record(state.ts, *factory.deleted(state.k, state.ts), "D")  # delete quirks may touch both
         else:
+            key = factory.key(state.k)
             hidden = table.hidden_columns(state.ts)
             yield Record(state.ts, key, factory.value(state.k, state.version, state.ts, hidden), "U")  # type: ignore[arg-type]
 
