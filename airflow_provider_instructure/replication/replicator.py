@@ -62,7 +62,7 @@ from airflow_provider_instructure.replication.errors import (
     WatermarkError,
 )
 from airflow_provider_instructure.replication.schema_changes import SchemaChange, diff_schemas
-from airflow_provider_instructure.replication.state import STATE_TABLE, StateStore, SyncState
+from airflow_provider_instructure.replication.state import ORIGIN_DAP, STATE_TABLE, StateStore, SyncState
 from airflow_provider_instructure.replication.tsv import Part, read_part
 from airflow_provider_instructure.replication.types import mysql_column_types, sql_type
 
@@ -229,7 +229,8 @@ class TableReplicator:
                 )
             exists = kind == "table"
             state = self._store.read(cur, t, table_exists=exists)
-            d.check_target(cur, t, table_exists=exists, dap_origin=state is not None and state.from_dap_cli)
+            # dap_origin: the target's state is a table_sync row, whose privileges the dialect checks.
+            d.check_target(cur, t, table_exists=exists, dap_origin=state is not None and state.origin == ORIGIN_DAP)
             if (
                 exists
                 and state is None
@@ -237,7 +238,8 @@ class TableReplicator:
             ):
                 raise ReplicationConfigError(
                     f"{t.display} exists but is not managed by this replicator (no row in {STATE_TABLE}) nor by "
-                    f"'dap initdb' (no table_sync row); refusing to overwrite it. Drop or rename it, or choose "
+                    f"the dap client (no table_sync or dap_meta row); refusing to overwrite it. Drop or rename it, or "
+                    "choose "
                     "another target_schema/table_prefix"
                 )
         self._ensure_state_table(probe=True)

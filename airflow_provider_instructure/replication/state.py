@@ -40,6 +40,26 @@ incrementals *update that row* (same transaction as the data), so ``dap syncdb``
 working on the table. A snapshot rebuild hands the table over: the new table uses this
 package's types, the ``table_sync`` row is deleted and a row of ours is written, in the
 transaction that swaps the table in.
+
+``instructure-dap-client`` 0.3.x databases
+------------------------------------------
+
+Before ``table_sync`` (dap 1.x), the client kept one ``dap_meta`` table per namespace: in the
+schema named after the namespace on PostgreSQL (``canvas.dap_meta``), in the database named
+after it on MySQL (SQLAlchemy's ``schema=namespace``); dap 2.x's 0-to-1 upgrade scripts read
+it from there and rename it ``dap_meta_backup``. Its columns: ``id`` (primary key),
+``namespace``, ``source_table``, ``timestamp`` (naive UTC; DATETIME without fractions on
+MySQL), ``schema_version``, ``target_schema``, ``target_table``,
+``schema_description_format`` (``json``) and ``schema_description``, unique on
+``(namespace, source_table)`` [instructure-dap-client 0.3.x ``dap/model/meta_table.py``;
+dap 2.3.1 ``dap/version_upgrade/*_0_to_1.sql``]. It is continued exactly like
+``table_sync`` (``origin="dap_meta"``): its watermark and schema version are read, the table
+keeps the client's column types, every incremental updates the ``dap_meta`` row (timestamp,
+schema version and description, as 0.3.x's own ``syncdb`` did) in the data transaction, so
+the official client, or its upgrade to ``table_sync``, carries on from the same point; a
+snapshot rebuild writes our row and deletes the ``dap_meta`` row. ``dap_meta`` is looked for
+in the schema (database) named after the namespace, then in the target's; on MySQL 0.3.x
+named tables without a prefix, so such a table is continued with ``table_prefix=""``.
 """
 
 from __future__ import annotations
@@ -59,6 +79,9 @@ LAYOUT_VERSION = 1
 
 ORIGIN_AIRFLOW = "airflow"
 ORIGIN_DAP = "dap"
+#: the state is a row of the per-namespace ``dap_meta`` table of instructure-dap-client 0.3.x
+ORIGIN_DAP_META = "dap_meta"
+DAP_META_TABLE = "dap_meta"
 
 _COLUMNS = (
     ("target_table", "key", False),
@@ -85,13 +108,15 @@ class SyncState:
     :param watermark: the last ``at``/``until`` applied (aware, UTC): the next ``since``.
     :param schema_version: DAP schema version of the replica.
     :param versioned_schema: the ``{"version", "schema"}`` the replica was built/altered with.
-    :param origin: ``"airflow"`` (our state table) or ``"dap"`` (a ``dap initdb`` table_sync row).
+    :param origin: ``"airflow"`` (our state table), ``"dap"`` (a ``dap initdb`` table_sync row) or
+        ``"dap_meta"`` (a ``dap_meta`` row of instructure-dap-client 0.3.x).
     :param table_exists: whether the replica table exists right now.
     :param last_mode: ``snapshot`` or ``incremental`` (``None`` for dap rows).
     :param job_id: DAP job id of the last applied result, if recorded.
     :param pending_swap: MySQL: a loaded snapshot table waiting to be renamed in.
     :param updated_at: when the state was last written (ours only).
-    :param dap_row_id: ``table_sync.id`` for dap rows.
+    :param dap_row_id: ``table_sync.id`` (or ``dap_meta.id``) for dap rows.
+    :param dap_meta_schema: the schema (MySQL database) holding the ``dap_meta`` row.
     """
 
     namespace: str
@@ -107,11 +132,13 @@ class SyncState:
     pending_swap: str | None = None
     updated_at: datetime | None = None
     dap_row_id: int | None = None
+    dap_meta_schema: str | None = None
 
     @property
     def from_dap_cli(self) -> bool:
-        """True when the table was created by the official ``dap initdb`` and is continued in place."""
-        return self.origin == ORIGIN_DAP
+        """True when the table was created by the official client (``dap initdb``, or 0.3.x with
+        its ``dap_meta``) and is continued in place with its column types."""
+        return self.origin in (ORIGIN_DAP, ORIGIN_DAP_META)
 
     def schema(self) -> TableSchema:
         return parse_table_schema(self.versioned_schema)
@@ -174,7 +201,7 @@ class StateStore:
         own = self._read_own(cur, target, table_exists)
         if own is not None:
             return own
-        return self._read_dap(cur, target, table_exists)
+        return self._read_dap(cur, target, table_exists) or self._read_dap_meta(cur, target, table_exists)
 
     def _read_own(self, cur: Any, target: Target, table_exists: bool) -> SyncState | None:
         if self.d.table_kind(cur, target.schema, STATE_TABLE) is None:
@@ -237,6 +264,56 @@ class StateStore:
             )
         return None
 
+    def _dap_meta_schemas(self, cur: Any, target: Target) -> list[str]:
+        """Where a 0.3.x ``dap_meta`` table exists: the namespace's schema, then the target's."""
+        if self.d.name not in ("postgres", "mysql"):  # 0.3.x wrote to no other database
+            return []
+        candidates = dict.fromkeys([target.namespace, target.schema])
+        return [s for s in candidates if self.d.table_kind(cur, s, DAP_META_TABLE) == "table"]
+
+    def _read_dap_meta(self, cur: Any, target: Target, table_exists: bool) -> SyncState | None:
+        p = self.d.param
+        for where in self._dap_meta_schemas(cur, target):
+            rows = self.d.fetch_all(
+                cur,
+                "SELECT id, timestamp, schema_version, target_schema, target_table, schema_description_format, "
+                f"schema_description FROM {self.d.qualify(where, DAP_META_TABLE)} "
+                f"WHERE namespace = {p} AND source_table = {p}",
+                (target.namespace, target.source_table),
+            )
+            for row_id, ts, version, t_schema, t_table, fmt, description in rows:
+                if t_table != target.table or (t_schema or where) != target.schema:
+                    self.d.log.warning(
+                        "%s.%s names %s.%s for %s.%s, not %s: it is not continued (on MySQL, 0.3.x tables have no "
+                        "prefix: set table_prefix='' and destination_schema to that database)",
+                        where,
+                        DAP_META_TABLE,
+                        t_schema or where,
+                        t_table,
+                        target.namespace,
+                        target.source_table,
+                        target.display,
+                    )
+                    continue
+                if (fmt or "json") != "json":
+                    raise ReplicationConfigError(
+                        f"{where}.{DAP_META_TABLE} describes {target.display} in format {fmt!r}, not json; "
+                        "it cannot be continued: drop the table to start with a snapshot"
+                    )
+                return SyncState(
+                    namespace=target.namespace,
+                    table=target.source_table,
+                    target=target.display,
+                    watermark=ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc),
+                    schema_version=int(version),
+                    versioned_schema={"version": int(version), "schema": json.loads(description)},
+                    origin=ORIGIN_DAP_META,
+                    table_exists=table_exists,
+                    dap_row_id=int(row_id),
+                    dap_meta_schema=where,
+                )
+        return None
+
     # -- writing --------------------------------------------------------------------------
 
     def write(
@@ -257,6 +334,16 @@ class StateStore:
         (including the snapshot that hands a dap table over) writes our row.
         """
         version = int(versioned_schema.get("version", 0) or 0)
+        if previous is not None and previous.origin == ORIGIN_DAP_META:
+            if mode == "incremental":
+                self._write_dap_meta(cur, previous, watermark, versioned_schema, version)
+                return
+            # A snapshot rebuilt the table with this package's types: the state moves to our row.
+            cur.execute(
+                f"DELETE FROM {self.d.qualify(previous.dap_meta_schema, DAP_META_TABLE)} WHERE id = {self.d.param}",
+                (previous.dap_row_id,),
+            )
+            previous = None
         if previous is not None and previous.from_dap_cli and mode == "incremental":
             self._write_dap(cur, target, previous, watermark, versioned_schema, version)
             return
@@ -304,6 +391,29 @@ class StateStore:
                 dap_schema_description(versioned_schema),
                 previous.dap_row_id,
             ),
+        )
+
+    def _write_dap_meta(
+        self, cur: Any, previous: SyncState, watermark: datetime, versioned_schema: dict[str, Any], version: int
+    ) -> None:
+        assert previous.dap_meta_schema is not None and previous.dap_row_id is not None
+        p = self.d.param
+        naive = watermark.astimezone(timezone.utc).replace(tzinfo=None)
+        if self.d.name == "mysql":
+            # 0.3.x created DATETIME without fractions; MySQL would round, and rounding up would
+            # skip changes: truncate (the next window overlaps a little; the merge is idempotent).
+            row = self.d.fetch_one(
+                cur,
+                "SELECT DATETIME_PRECISION FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s "
+                "AND TABLE_NAME = %s AND COLUMN_NAME = 'timestamp'",
+                (previous.dap_meta_schema, DAP_META_TABLE),
+            )
+            step = 10 ** (6 - min(int(row[0] or 0) if row else 0, 6))
+            naive = naive.replace(microsecond=naive.microsecond - naive.microsecond % step)
+        cur.execute(
+            f"UPDATE {self.d.qualify(previous.dap_meta_schema, DAP_META_TABLE)} SET timestamp = {p}, "
+            f"schema_version = {p}, schema_description = {p} WHERE id = {p}",
+            (naive, version, dap_schema_description(versioned_schema), previous.dap_row_id),
         )
 
     def clear_pending(self, cur: Any, target: Target) -> None:
