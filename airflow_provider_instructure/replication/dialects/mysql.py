@@ -1,8 +1,8 @@
 """MySQL 8 / MariaDB 10.6+ target (mysql-connector-python, as ``MySqlHook`` returns with the
 ``client: mysql-connector-python`` extra; PyMySQL works too).
 
-Loading: ``LOAD DATA LOCAL INFILE`` of each part. MySQL's escapes are almost COPY's; the
-differences are handled without touching rows in Python:
+Loading (:mod:`.mysql_load`): ``LOAD DATA LOCAL INFILE`` of each part. MySQL's escapes are
+almost COPY's; the differences are handled without touching rows in Python:
 
 * ``\\f`` and ``\\v`` are unknown to MySQL (read as ``f``/``v``): gzip parts are decompressed
   into a temporary file, and blocks that contain these escapes get them rewritten to the raw
@@ -47,28 +47,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
 from airflow_provider_instructure.dap_schema import Column, TableSchema
 from airflow_provider_instructure.replication.dialects.base import (
-    NEW_SUFFIX,
-    OLD_SUFFIX,
-    Dialect,
     LiveColumn,
-    LoadCounts,
-    LoadJob,
     Target,
 )
-from airflow_provider_instructure.replication.dialects.mysql_load import load_part
-from airflow_provider_instructure.replication.errors import ReplicationConfigError, TsvFormatError
+from airflow_provider_instructure.replication.dialects.mysql_load import STAGE, MySQLLoader
+from airflow_provider_instructure.replication.errors import ReplicationConfigError
 from airflow_provider_instructure.replication.schema_changes import SchemaChange
-from airflow_provider_instructure.replication.tsv import META_ACTION, Part
 from airflow_provider_instructure.replication.types import dap_cli_type, sql_type
 from airflow_provider_instructure.replication.values import MYSQL_RANGE
 
-STAGE = "dap_stage"
 _REQUIRED_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "CREATE TEMPORARY TABLES")
 _ENUM_MEMBER = re.compile(r"'((?:[^']|'')*)'")
 _CLIENT_LOCAL_FILES = 128  # capability flag CLIENT_LOCAL_FILES
@@ -78,7 +71,7 @@ def _literal(value: object) -> str:
     return "'" + str(value).replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-class MySQLDialect(Dialect):
+class MySQLDialect(MySQLLoader):
     """MySQL 8 and MariaDB through mysql-connector-python or PyMySQL."""
 
     name = "mysql"
@@ -137,11 +130,6 @@ class MySQLDialect(Dialect):
     def _begin(self, cur: Any) -> None:
         cur.execute("START TRANSACTION")
 
-    def _ddl(self, cur: Any, sql: str) -> None:
-        self.log.debug("%s", sql)
-        cur.execute(sql)
-        self.conn.commit()  # DDL committed implicitly; leave no transaction open behind it
-
     @contextlib.contextmanager
     def exclusive(self, target: Target) -> Iterator[None]:
         name = self.lock_name(target)
@@ -163,21 +151,6 @@ class MySQLDialect(Dialect):
             self.conn.rollback()
         self.fetch_one(cur, "SELECT RELEASE_LOCK(%s)", (name,))
         self.conn.rollback()
-
-    def _quietly(self, step: Callable[[Any], None], what: str) -> None:
-        """Run a clean-up step that must not hide the error being raised: a load that failed
-        inside the LOCAL INFILE exchange leaves the connection unusable, and every statement
-        after it (even opening a cursor) fails with "MySQL Connection not available"."""
-        cur = None
-        try:
-            cur = self.cursor()
-            step(cur)
-        except Exception:  # a broken connection releases its locks and temporary tables by itself
-            self.log.debug("%s", what, exc_info=True)
-        finally:
-            if cur is not None:
-                with contextlib.suppress(Exception):
-                    cur.close()
 
     def resolve_target(self, namespace: str, table: str, target_schema: str | None, table_prefix: str | None) -> Target:
         database = target_schema
@@ -391,114 +364,6 @@ class MySQLDialect(Dialect):
                 cur.close()
         return statements
 
-    # -- loading (the LOAD DATA details are in .mysql_load) -----------------------------------
-
-    def _load_part(self, cur: Any, table_sql: str, part: Part, job: LoadJob, *, staging: bool) -> int:
-        return load_part(self, cur, table_sql, part, job, staging=staging)
-
-    def snapshot(self, job: LoadJob) -> LoadCounts:
-        t = job.target
-        build = self.side_name(t.table, NEW_SUFFIX)
-        build_sql = self.qualify(t.schema, build)
-        counts = LoadCounts(values=job.tally)
-        cur = self.cursor()
-        try:
-            with job.timer.phase("prepare"):
-                self._ddl(cur, f"DROP TABLE IF EXISTS {build_sql}")
-                self._ddl(cur, self.create_table_sql(t, build, job.schema.columns, job.column_types))
-            with job.timer.phase("load"):
-                # Nobody reads the side table, so its loads need no enclosing transaction; a
-                # crash leaves a stray table the next snapshot drops.
-                for part in job.parts:
-                    counts.bytes_loaded += self._load_part(cur, build_sql, part, job, staging=False)
-                    self.conn.commit()
-                row = self.fetch_one(cur, f"SELECT COUNT(*) FROM {build_sql}")
-                self.conn.commit()
-                counts.inserted = int(row[0]) if row else 0
-        finally:
-            with contextlib.suppress(Exception):  # a dead connection must not hide the load's error
-                cur.close()
-        with job.timer.phase("swap"), self.transaction(timer=job.timer) as tx:
-            job.write_state(tx, pending_swap=build)
-        return counts
-
-    def swap_in(self, target: Target, build: str) -> bool:
-        """Rename a loaded side table over the live one (idempotent). Returns True if renamed."""
-        old = self.side_name(target.table, OLD_SUFFIX)
-        cur = self.cursor()
-        try:
-            if self.table_kind(cur, target.schema, build) is None:
-                self._ddl(cur, f"DROP TABLE IF EXISTS {self.qualify(target.schema, old)}")
-                return False
-            self._ddl(cur, f"DROP TABLE IF EXISTS {self.qualify(target.schema, old)}")
-            live_sql = self.qualified(target)
-            if self.table_kind(cur, target.schema, target.table) == "table":
-                self._ddl(
-                    cur,
-                    f"RENAME TABLE {live_sql} TO {self.qualify(target.schema, old)}, "
-                    f"{self.qualify(target.schema, build)} TO {live_sql}",
-                )
-                self._ddl(cur, f"DROP TABLE IF EXISTS {self.qualify(target.schema, old)}")
-            else:
-                self._ddl(cur, f"RENAME TABLE {self.qualify(target.schema, build)} TO {live_sql}")
-            return True
-        finally:
-            cur.close()
-
-    def incremental(self, job: LoadJob) -> LoadCounts:
-        t = job.target
-        keys = job.key_names
-        live = job.live
-        q = self.quote
-        stage = q(STAGE)
-        data_cols = job.data_columns()
-        counts = LoadCounts(values=job.tally)
-        live_sql = self.qualified(t)
-        action = q(META_ACTION)
-        match = self.key_match("t", "s", keys)
-        try:
-            with self.transaction(timer=job.timer) as cur:
-                with job.timer.phase("prepare"):
-                    cur.execute(f"DROP TEMPORARY TABLE IF EXISTS {stage}")
-                    defs = [f"{action} CHAR(1) NULL"]
-                    defs += [f"{q(name)} {live[name].sql_type} NULL" for name in data_cols if name not in keys]
-                    defs += [f"{q(name)} {live[name].sql_type} NOT NULL" for name in keys]
-                    defs.append(f"PRIMARY KEY ({', '.join(q(k) for k in keys)})")
-                    # Temporary tables do not commit implicitly, so this stays in the transaction.
-                    cur.execute(
-                        f"CREATE TEMPORARY TABLE {stage} ({', '.join(defs)}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
-                    )
-                with job.timer.phase("load"):
-                    for part in job.parts:
-                        counts.bytes_loaded += self._load_part(cur, stage, part, job, staging=True)
-                with job.timer.phase("merge"):
-                    bad = self.fetch_one(
-                        cur, f"SELECT COUNT(*) FROM {stage} WHERE {action} IS NULL OR {action} NOT IN ('U', 'D')"
-                    )
-                    if bad and bad[0]:
-                        raise TsvFormatError(f"{bad[0]} record(s) have a meta.action other than U or D")
-                    upserts = self.fetch_one(cur, f"SELECT COUNT(*) FROM {stage} WHERE {action} = 'U'")
-                    present = self.fetch_one(
-                        cur,
-                        f"SELECT COUNT(*) FROM {stage} s JOIN {live_sql} t ON {match} WHERE s.{action} = 'U'",
-                    )
-                    cur.execute(f"DELETE t FROM {live_sql} t JOIN {stage} s ON {match} WHERE s.{action} = 'D'")
-                    counts.deleted = cur.rowcount
-                    cols = ", ".join(q(c) for c in data_cols)
-                    non_keys = [c for c in data_cols if c not in keys]
-                    updates = ", ".join(f"{q(c)} = VALUES({q(c)})" for c in non_keys) or f"{q(keys[0])} = {q(keys[0])}"
-                    cur.execute(
-                        f"INSERT INTO {live_sql} ({cols}) SELECT {cols} FROM {stage} WHERE {action} = 'U' "
-                        f"ON DUPLICATE KEY UPDATE {updates}"
-                    )
-                    counts.updated = int(present[0]) if present else 0
-                    counts.inserted = (int(upserts[0]) if upserts else 0) - counts.updated
-                    job.write_state(cur)
-        finally:
-            # The session may be gone (and its temporary table with it).
-            self._quietly(lambda cur: self._ddl(cur, f"DROP TEMPORARY TABLE IF EXISTS {stage}"), "no stage dropped")
-        return counts
-
 
 def _db_pattern_matches(pattern: str, database: str) -> bool:
     """Match a ``SCHEMA_PRIVILEGES.TABLE_SCHEMA`` grant pattern (``%``/``_`` wildcards, ``\\`` escapes)."""
@@ -513,3 +378,6 @@ def _db_pattern_matches(pattern: str, database: str) -> bool:
         regex += ".*" if ch == "%" else "." if ch == "_" else re.escape(ch)
         i += 1
     return re.fullmatch(regex, database) is not None
+
+
+__all__ = ["STAGE", "MySQLDialect"]

@@ -1,5 +1,6 @@
-"""``LOAD DATA LOCAL INFILE`` of one DAP part into MySQL/MariaDB: the file MySQL reads, the
-statement, the path literal, and the errors.
+"""Loading MySQL/MariaDB: ``LOAD DATA LOCAL INFILE`` of each DAP part (the file MySQL reads,
+the statement, the path literal, the errors) and :class:`MySQLLoader`, the snapshot and
+incremental methods of :class:`~.mysql.MySQLDialect`.
 
 * The file: MySQL reads ``\\f``/``\\v`` as ``f``/``v``, so gzip parts and parts with these
   escapes are written to a temporary file with the raw bytes (:func:`~..tsv.mysql_transcode`);
@@ -27,12 +28,20 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from airflow_provider_instructure.replication.dialects.base import LiveColumn, LoadJob
-from airflow_provider_instructure.replication.errors import DataLoadError, ReplicationConfigError
+from airflow_provider_instructure.replication.dialects.base import (
+    NEW_SUFFIX,
+    OLD_SUFFIX,
+    Dialect,
+    LiveColumn,
+    LoadCounts,
+    LoadJob,
+    Target,
+)
+from airflow_provider_instructure.replication.errors import DataLoadError, ReplicationConfigError, TsvFormatError
 from airflow_provider_instructure.replication.locate import at_line, first_match, invalid_json
 from airflow_provider_instructure.replication.tsv import (
     META_ACTION,
@@ -44,9 +53,7 @@ from airflow_provider_instructure.replication.tsv import (
 )
 from airflow_provider_instructure.replication.values import ChunkFixer, ValueTally
 
-if TYPE_CHECKING:
-    from airflow_provider_instructure.replication.dialects.mysql import MySQLDialect
-
+STAGE = "dap_stage"
 LOCAL_INFILE_ERRORS = {1148, 2068, 3948, 3950}
 _ROW_WARNING = re.compile(r"column `(?:[^`]|``)*`\.`(?:[^`]|``)*`\.`((?:[^`]|``)*)` at row (\d+)")
 _CONSTRAINT = re.compile(r"CONSTRAINT `(?:[^`.]*\.)?((?:[^`]|``)*)` failed")
@@ -72,7 +79,7 @@ def infile_literal(path: Path) -> tuple[str, bool] | None:
     return f"{quote}{text}{quote}", "\\" in text
 
 
-def load_sql(dialect: MySQLDialect, table_sql: str, part: Part, *, staging: bool, live: dict[str, LiveColumn]) -> str:
+def load_sql(dialect: MySQLLoader, table_sql: str, part: Part, *, staging: bool, live: dict[str, LiveColumn]) -> str:
     """The ``LOAD DATA`` statement for ``part``, with ``{path}`` where the file literal goes."""
     q = dialect.quote
     targets: list[str] = []
@@ -167,7 +174,7 @@ def _plain_name(path: Path) -> Iterator[Path]:
             os.unlink(name)
 
 
-def load_part(dialect: MySQLDialect, cur: Any, table_sql: str, part: Part, job: LoadJob, *, staging: bool) -> int:
+def load_part(dialect: MySQLLoader, cur: Any, table_sql: str, part: Part, job: LoadJob, *, staging: bool) -> int:
     """Load one part into ``table_sql``; returns the bytes the server read.
 
     :raises ReplicationConfigError: ``LOCAL INFILE`` is refused by the server or the driver.
@@ -246,3 +253,134 @@ def _locate(text: str, part: Part, job: LoadJob, fixer: ChunkFixer) -> Exception
         columns = [f.name for f in part.data_fields]
         return first_match(job.where, part, columns, lambda v: v == wanted, text)
     return None
+
+
+class MySQLLoader(Dialect):
+    """The loading half of :class:`~.mysql.MySQLDialect`: snapshot build, deferred swap,
+    incremental stage and merge (the atomicity notes are in :mod:`.mysql`)."""
+
+    def _ddl(self, cur: Any, sql: str) -> None:
+        self.log.debug("%s", sql)
+        cur.execute(sql)
+        self.conn.commit()  # DDL committed implicitly; leave no transaction open behind it
+
+    def _quietly(self, step: Callable[[Any], None], what: str) -> None:
+        """Run a clean-up step that must not hide the error being raised: a load that failed
+        inside the LOCAL INFILE exchange leaves the connection unusable, and every statement
+        after it (even opening a cursor) fails with "MySQL Connection not available"."""
+        cur = None
+        try:
+            cur = self.cursor()
+            step(cur)
+        except Exception:  # a broken connection releases its locks and temporary tables by itself
+            self.log.debug("%s", what, exc_info=True)
+        finally:
+            if cur is not None:
+                with contextlib.suppress(Exception):
+                    cur.close()
+
+    def _load_part(self, cur: Any, table_sql: str, part: Part, job: LoadJob, *, staging: bool) -> int:
+        return load_part(self, cur, table_sql, part, job, staging=staging)
+
+    def snapshot(self, job: LoadJob) -> LoadCounts:
+        t = job.target
+        build = self.side_name(t.table, NEW_SUFFIX)
+        build_sql = self.qualify(t.schema, build)
+        counts = LoadCounts(values=job.tally)
+        cur = self.cursor()
+        try:
+            with job.timer.phase("prepare"):
+                self._ddl(cur, f"DROP TABLE IF EXISTS {build_sql}")
+                self._ddl(cur, self.create_table_sql(t, build, job.schema.columns, job.column_types))
+            with job.timer.phase("load"):
+                # Nobody reads the side table, so its loads need no enclosing transaction; a
+                # crash leaves a stray table the next snapshot drops.
+                for part in job.parts:
+                    counts.bytes_loaded += self._load_part(cur, build_sql, part, job, staging=False)
+                    self.conn.commit()
+                row = self.fetch_one(cur, f"SELECT COUNT(*) FROM {build_sql}")
+                self.conn.commit()
+                counts.inserted = int(row[0]) if row else 0
+        finally:
+            with contextlib.suppress(Exception):  # a dead connection must not hide the load's error
+                cur.close()
+        with job.timer.phase("swap"), self.transaction(timer=job.timer) as tx:
+            job.write_state(tx, pending_swap=build)
+        return counts
+
+    def swap_in(self, target: Target, build: str) -> bool:
+        """Rename a loaded side table over the live one (idempotent). Returns True if renamed."""
+        old = self.side_name(target.table, OLD_SUFFIX)
+        cur = self.cursor()
+        try:
+            if self.table_kind(cur, target.schema, build) is None:
+                self._ddl(cur, f"DROP TABLE IF EXISTS {self.qualify(target.schema, old)}")
+                return False
+            self._ddl(cur, f"DROP TABLE IF EXISTS {self.qualify(target.schema, old)}")
+            live_sql = self.qualified(target)
+            if self.table_kind(cur, target.schema, target.table) == "table":
+                self._ddl(
+                    cur,
+                    f"RENAME TABLE {live_sql} TO {self.qualify(target.schema, old)}, "
+                    f"{self.qualify(target.schema, build)} TO {live_sql}",
+                )
+                self._ddl(cur, f"DROP TABLE IF EXISTS {self.qualify(target.schema, old)}")
+            else:
+                self._ddl(cur, f"RENAME TABLE {self.qualify(target.schema, build)} TO {live_sql}")
+            return True
+        finally:
+            cur.close()
+
+    def incremental(self, job: LoadJob) -> LoadCounts:
+        t = job.target
+        keys = job.key_names
+        live = job.live
+        q = self.quote
+        stage = q(STAGE)
+        data_cols = job.data_columns()
+        counts = LoadCounts(values=job.tally)
+        live_sql = self.qualified(t)
+        action = q(META_ACTION)
+        match = self.key_match("t", "s", keys)
+        try:
+            with self.transaction(timer=job.timer) as cur:
+                with job.timer.phase("prepare"):
+                    cur.execute(f"DROP TEMPORARY TABLE IF EXISTS {stage}")
+                    defs = [f"{action} CHAR(1) NULL"]
+                    defs += [f"{q(name)} {live[name].sql_type} NULL" for name in data_cols if name not in keys]
+                    defs += [f"{q(name)} {live[name].sql_type} NOT NULL" for name in keys]
+                    defs.append(f"PRIMARY KEY ({', '.join(q(k) for k in keys)})")
+                    # Temporary tables do not commit implicitly, so this stays in the transaction.
+                    cur.execute(
+                        f"CREATE TEMPORARY TABLE {stage} ({', '.join(defs)}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+                    )
+                with job.timer.phase("load"):
+                    for part in job.parts:
+                        counts.bytes_loaded += self._load_part(cur, stage, part, job, staging=True)
+                with job.timer.phase("merge"):
+                    bad = self.fetch_one(
+                        cur, f"SELECT COUNT(*) FROM {stage} WHERE {action} IS NULL OR {action} NOT IN ('U', 'D')"
+                    )
+                    if bad and bad[0]:
+                        raise TsvFormatError(f"{bad[0]} record(s) have a meta.action other than U or D")
+                    upserts = self.fetch_one(cur, f"SELECT COUNT(*) FROM {stage} WHERE {action} = 'U'")
+                    present = self.fetch_one(
+                        cur,
+                        f"SELECT COUNT(*) FROM {stage} s JOIN {live_sql} t ON {match} WHERE s.{action} = 'U'",
+                    )
+                    cur.execute(f"DELETE t FROM {live_sql} t JOIN {stage} s ON {match} WHERE s.{action} = 'D'")
+                    counts.deleted = cur.rowcount
+                    cols = ", ".join(q(c) for c in data_cols)
+                    non_keys = [c for c in data_cols if c not in keys]
+                    updates = ", ".join(f"{q(c)} = VALUES({q(c)})" for c in non_keys) or f"{q(keys[0])} = {q(keys[0])}"
+                    cur.execute(
+                        f"INSERT INTO {live_sql} ({cols}) SELECT {cols} FROM {stage} WHERE {action} = 'U' "
+                        f"ON DUPLICATE KEY UPDATE {updates}"
+                    )
+                    counts.updated = int(present[0]) if present else 0
+                    counts.inserted = (int(upserts[0]) if upserts else 0) - counts.updated
+                    job.write_state(cur)
+        finally:
+            # The session may be gone (and its temporary table with it).
+            self._quietly(lambda cur: self._ddl(cur, f"DROP TEMPORARY TABLE IF EXISTS {stage}"), "no stage dropped")
+        return counts
