@@ -371,6 +371,7 @@ class ChunkFixer:
         self._years = _ODD_OR_EARLY_YEAR if fields.range.low[0] > 1 else _ODD_YEAR
         typed = [r is not None and r != TEXT for r in roles]
         self._has_typed = any(typed)
+        self._has_timestamps = TIMESTAMP in roles
         # An empty first (last) field is only worth a search when that column is typed; the
         # first is normally meta.ts, which is not checked.
         self._needles = [b"\t\t"] if self._has_typed else []
@@ -404,7 +405,7 @@ class ChunkFixer:
                 pos = find(needle, pos + 1)
         if self._first_typed and chunk[:1] == b"\t":
             positions.append(0)
-        if self._has_typed:
+        if self._has_timestamps:
             positions.extend(m.start() for m in self._years.finditer(chunk))
         if not positions:
             return []
