@@ -21,6 +21,7 @@ from airflow_provider_instructure.exceptions import (
 )
 from airflow_provider_instructure.operators.cd2 import CD2QueryOperator
 from airflow_provider_instructure.operators.sync_workdir import (
+    JobDirClaim,
     job_parts_dir,
     remove_job,
     remove_other_jobs,
@@ -196,9 +197,10 @@ class CD2SyncTableOperator(CD2QueryOperator):
         if started is not None:
             phases["query"] = time.monotonic() - started
         workdir = self._parts_dir(meta)
-        remove_other_jobs(workdir, self.log)
+        claim = JobDirClaim(workdir)  # fails fast if another sync on this machine uses the directory
         done = False
         try:
+            remove_other_jobs(workdir, self.log)
             clock = time.monotonic()
             # The load reads (and so verifies) every byte: no need to inflate the parts twice.
             # Parts an earlier try of this job left behind are reused when they check out.
@@ -223,14 +225,16 @@ class CD2SyncTableOperator(CD2QueryOperator):
             # Rebuild from a snapshot, swapped in atomically by the replicator. This may defer;
             # the snapshot then comes back through process_job. The incremental's parts are done with.
             done = True
-            remove_job(workdir)
+            remove_job(claim)
             return self._run_query(context, None)
         finally:
             if done:
-                remove_job(workdir)
-            elif workdir.is_dir():
-                # Kept for the retry, which resumes the same DAP job and reuses what checks out.
-                self.log.info("Keeping the downloaded parts of job %s in %s for a retry", meta["job_id"], workdir)
+                remove_job(claim)
+            else:
+                claim.release()
+                if workdir.is_dir():
+                    # Kept for the retry, which resumes the same DAP job and reuses what checks out.
+                    self.log.info("Keeping the downloaded parts of job %s in %s for a retry", meta["job_id"], workdir)
         summary = {
             **result.to_dict(),
             "namespace": meta["namespace"],

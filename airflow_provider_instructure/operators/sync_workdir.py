@@ -9,18 +9,28 @@ out (:class:`~airflow_provider_instructure.hooks.downloads.ObjectDownloader`, ``
 The directory is removed once the sync has committed; directories of other (older) jobs of
 the same table and destination are removed whenever a job's download starts, so at most one
 job's parts stay on disk per table and destination.
+
+A sync holds an exclusive ``flock`` on ``.job_<id>.lock`` (beside the job's directory) while it
+uses the directory: a second sync of the same job on the machine fails fast instead of writing
+the same files, and a directory in use by another run (an overlapping run of the same table,
+for example) is never removed as "older". A crashed process releases its lock with its file
+descriptors.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from airflow_provider_instructure.exceptions import InstructureError
 
 #: The default parent directory of every table's parts (under the system temporary directory).
 DEFAULT_DIRNAME = "airflow-cd2-sync"
@@ -44,8 +54,47 @@ def job_parts_dir(table_dir: Path, job_id: str) -> Path:
     return table_dir / f"job_{name}"
 
 
+class JobDirBusy(InstructureError):
+    """Another sync on this machine is using the same job's directory (retrying later helps)."""
+
+
+class JobDirClaim:
+    """An exclusive, non-blocking ``flock`` on a job directory's lock file; see the module docstring.
+
+    :raises JobDirBusy: another process holds it.
+    """
+
+    def __init__(self, job_dir: Path) -> None:
+        job_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.job_dir = job_dir
+        self.lock_path = job_dir.parent / f".{job_dir.name}.lock"
+        self._fd: int | None = os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._fd)
+            self._fd = None
+            raise JobDirBusy(
+                f"another sync on this machine is using {job_dir} (the same DAP job of the same table and "
+                "destination); only one runs at a time, retry once it has finished"
+            ) from None
+
+    def remove(self) -> None:
+        """Delete the job's directory and lock file, then release the lock."""
+        shutil.rmtree(self.job_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.lock_path.unlink()
+        self.release()
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+
 def remove_other_jobs(job_dir: Path, log: Any) -> int:
-    """Remove the directories of the table's other jobs (an older job's parts are never reused).
+    """Remove the directories of the table's other jobs (an older job's parts are never reused),
+    except those another run holds right now.
 
     :returns: how many directories were removed.
     """
@@ -55,15 +104,19 @@ def remove_other_jobs(job_dir: Path, log: Any) -> int:
         return 0
     for other in parent.iterdir():
         if other.name.startswith("job_") and other != job_dir and other.is_dir():
-            shutil.rmtree(other, ignore_errors=True)
+            try:
+                JobDirClaim(other).remove()
+            except JobDirBusy:
+                log.info("Leaving %s in place: another run is using it", other)
+                continue
             removed += 1
     if removed:
         log.info("Removed the downloaded parts of %d older job(s) of this table in %s", removed, parent)
     return removed
 
 
-def remove_job(job_dir: Path) -> None:
+def remove_job(claim: JobDirClaim) -> None:
     """Remove a finished job's parts, and the table's directory when nothing else is left in it."""
-    shutil.rmtree(job_dir, ignore_errors=True)
+    claim.remove()
     with contextlib.suppress(OSError):  # another job's directory is still there, or it is gone already
-        job_dir.parent.rmdir()
+        claim.job_dir.parent.rmdir()

@@ -11,6 +11,7 @@ emulator's download counter shows. A finished sync leaves no parts behind.
 from __future__ import annotations
 
 import gzip
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 
 from airflow_provider_instructure.emulator.server import EmulatorServer
 from airflow_provider_instructure.hooks.downloads import _gzip_complete
+from airflow_provider_instructure.operators.sync_workdir import JobDirBusy, JobDirClaim, remove_other_jobs
 from airflow_provider_instructure.replication import replicator as replicator_module
 from tests.operators.test_cd2_sync import replica_equals_emulator, server, sync, warehouse  # noqa: F401 - fixtures
 from tests.replication.conftest import Database, my_server, pg_server  # noqa: F401 - fixtures
@@ -38,9 +40,13 @@ def fail_the_load(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(replicator_module, "read_part", dies)
 
 
-def parts_of(workdir: Path) -> list[Path]:
+def job_dirs(workdir: Path) -> list[Path]:
     (table_dir,) = workdir.iterdir()
-    (job_dir,) = table_dir.iterdir()
+    return sorted(table_dir.glob("job_*"))
+
+
+def parts_of(workdir: Path) -> list[Path]:
+    (job_dir,) = job_dirs(workdir)
     return sorted(job_dir.glob("part-*"))
 
 
@@ -99,14 +105,13 @@ def test_older_jobs_parts_are_removed_when_a_new_job_downloads(
         fail_the_load(patch)
         with pytest.raises(RuntimeError):
             sync("users", workdir=str(workdir))
-    (table_dir,) = workdir.iterdir()
-    (old_job,) = table_dir.iterdir()
+    (old_job,) = job_dirs(workdir)
     server.emulator.advance(["canvas.users"], updates=1)  # new data: the next query is a new job
     with monkeypatch.context() as patch:
         fail_the_load(patch)
         with pytest.raises(RuntimeError):
             sync("users", workdir=str(workdir))
-    (new_job,) = table_dir.iterdir()
+    (new_job,) = job_dirs(workdir)
     assert new_job != old_job
 
 
@@ -115,3 +120,19 @@ def test_a_gzip_stream_check_needs_its_end(tmp_path: Path) -> None:
     (tmp_path / "ok.gz").write_bytes(whole)
     (tmp_path / "cut.gz").write_bytes(whole[:-3])
     assert _gzip_complete(tmp_path / "ok.gz") and not _gzip_complete(tmp_path / "cut.gz")
+
+
+def test_a_job_directory_in_use_is_neither_shared_nor_removed(tmp_path: Path) -> None:
+    table_dir = tmp_path / "canvas.users-key"
+    busy, idle, mine = (table_dir / f"job_{name}" for name in ("busy", "idle", "mine"))
+    for job_dir in (busy, idle):
+        job_dir.mkdir(parents=True)
+    held = JobDirClaim(busy)  # another run, downloading
+    try:
+        with pytest.raises(JobDirBusy, match="another sync on this machine"):
+            JobDirClaim(busy)
+        assert remove_other_jobs(mine, logging.getLogger(__name__)) == 1
+        assert busy.is_dir() and not idle.exists()
+    finally:
+        held.release()
+    assert remove_other_jobs(mine, logging.getLogger(__name__)) == 1 and not busy.exists()
