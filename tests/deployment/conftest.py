@@ -7,12 +7,14 @@ emulator CLI in its own process; an identical emulator in this process (same see
 ``advance`` calls, all deterministic) is the ground truth for the replica.
 
 The temporary ``AIRFLOW_HOME`` is removed after a clean run and kept, with its path printed, when a
-test failed or a process had to be killed.
+test failed, a process had to be killed, or ``E2E_KEEP_HOME`` is set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
 import sys
@@ -31,7 +33,7 @@ from airflow_provider_instructure.emulator import Emulator
 from airflow_provider_instructure.emulator.config import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 from airflow_provider_instructure.hooks import dap_protocol
 from tests.conftest import unavailable
-from tests.deployment.deployment import AIRFLOW, REPO, Deployment, DeploymentError, pg_connect, wait_for
+from tests.deployment.deployment import AIRFLOW, PG, REPO, Deployment, DeploymentError, pg_connect, wait_for
 
 SEED = 11
 ROWS = 20
@@ -78,7 +80,7 @@ def _check_prerequisites() -> None:
     try:
         pg_connect("postgres").close()
     except Exception as exc:
-        unavailable(f"PostgreSQL at 127.0.0.1:5432 (user postgres) is not reachable: {exc}")
+        unavailable(f"PostgreSQL at {PG['host']}:{PG['port']} (user {PG['user']}) is not reachable: {exc}")
 
 
 def _start_emulator(deployment: Deployment) -> str:
@@ -101,22 +103,31 @@ def _start_emulator(deployment: Deployment) -> str:
 
 def _connections(emulator_url: str, warehouse_db: str) -> dict[str, str]:
     """The connections as a user sets them (the README's JSON form; a URI for PostgreSQL)."""
-    instructure = {"conn_type": "instructure", "host": emulator_url, "login": DEMO_CLIENT_ID}
+    port = int(emulator_url.rsplit(":", 1)[1])
+    instructure = {"conn_type": "instructure", "host": emulator_url, "port": port, "login": DEMO_CLIENT_ID}
     return {
         "AIRFLOW_CONN_INSTRUCTURE_DEFAULT": json.dumps(
-            {**instructure, "password": DEMO_CLIENT_SECRET, "extra": {"namespace": "canvas", "timeout": 60}}
+            {
+                **instructure,
+                "password": DEMO_CLIENT_SECRET,
+                "extra": {"namespace": "canvas", "timeout": 60, "retry_limit": 6},
+            }
         ),
         # For the retry test DAG: one attempt per HTTP call, so one injected fault fails the try.
         "AIRFLOW_CONN_INSTRUCTURE_FLAKY": json.dumps(
             {**instructure, "password": DEMO_CLIENT_SECRET, "extra": {"retry_limit": 1}}
         ),
-        "AIRFLOW_CONN_CD2_WAREHOUSE": f"postgresql://postgres@127.0.0.1:5432/{warehouse_db}",
+        "AIRFLOW_CONN_CD2_WAREHOUSE": f"postgresql://{PG['user']}@{PG['host']}:{PG['port']}/{warehouse_db}",
     }
 
 
 def _report(request: pytest.FixtureRequest, text: str) -> None:
+    """A line on the terminal even while output is captured (the kept AIRFLOW_HOME must be seen)."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None:
+        return
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
         reporter.write_line(text)
 
 
@@ -134,6 +145,7 @@ def e2e(request: pytest.FixtureRequest) -> Iterator[E2E]:
     try:
         deployment.dags.mkdir()
         deployment.process_logs.mkdir()
+        (deployment.home / "tmp").mkdir()
         for source in [*sorted((REPO / "example_dags").glob("example_cd2_*.py")), *sorted(DAGS_DIR.glob("*.py"))]:
             shutil.copy(source, deployment.dags / source.name)
         for name in (deployment.metadata_db, warehouse_db):
@@ -176,7 +188,7 @@ def e2e(request: pytest.FixtureRequest) -> Iterator[E2E]:
         twin.close()
         (deployment.home / "timings.json").write_text(json.dumps(deployment.timings, indent=2))
         _report(request, f"\ndeployment test timings (s): {deployment.timings}")
-        if request.session.testsfailed > failed_before or leftovers:
+        if request.session.testsfailed > failed_before or leftovers or os.environ.get("E2E_KEEP_HOME"):
             _report(request, f"deployment test: logs and AIRFLOW_HOME kept in {deployment.home}")
         else:
             deployment.remove()

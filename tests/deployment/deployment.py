@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import requests
 
@@ -37,7 +38,9 @@ T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
 #: The ``airflow`` entry point of the virtualenv running the tests (the project's ``.venv``).
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+#: The PostgreSQL server (trust authentication), from ``TEST_POSTGRES_URL`` like the other PostgreSQL tests.
+_PG_URL = urlsplit(os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"))
+PG = {"host": _PG_URL.hostname or "127.0.0.1", "port": _PG_URL.port or 5432, "user": _PG_URL.username or "postgres"}
 
 
 class DeploymentError(AssertionError):
@@ -153,9 +156,14 @@ class Deployment:
                 "AIRFLOW__API__WORKERS": "1",
                 # New DAG files are listed every few seconds instead of every 5 minutes.
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+                # The files never change during the test: parse each once, not every 30 s.
+                "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
                 "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
                 "AIRFLOW__SCHEDULER__STANDALONE_DAG_PROCESSOR": "True",
                 "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
+                # Its own temporary directory, as a container has: the sync operator's parts
+                # directory (under TMPDIR) must not be shared with other test runs on this machine.
+                "TMPDIR": str(self.home / "tmp"),
                 "DAP_TRACKING": "false",
             }
         )
@@ -263,10 +271,12 @@ class Deployment:
             if service.process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(service.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
+        started = time.monotonic()
+        deadline = started + grace
         for service in self.services.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 service.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            self.timings[f"stop {service.name}"] = round(time.monotonic() - started, 1)
         for service in self.services.values():
             # The group may outlive its leader (a worker of the scheduler, say).
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -363,12 +373,20 @@ class Deployment:
     def runs(self, dag_id: str) -> list[dict[str, Any]]:
         return self.sql("SELECT run_id, state, run_type FROM dag_run WHERE dag_id = %s ORDER BY id", (dag_id,))
 
-    def wait_run(self, dag_id: str, run_id: str, timeout: float) -> str:
-        """Until the run finishes; returns its state."""
+    def wait_run(self, dag_id: str, run_id: str, timeout: float, *, fail_fast: bool = True) -> str:
+        """Until the run finishes; returns its state.
+
+        :param fail_fast: raise as soon as a task instance is failed or up for retry (a retry waits
+            Airflow's default ``retry_delay``, 5 minutes), naming them.
+        """
 
         def finished() -> str | None:
             self.check_alive()
             (row,) = self.sql("SELECT state FROM dag_run WHERE dag_id = %s AND run_id = %s", (dag_id, run_id))
+            if fail_fast:
+                bad = [t for t in self.task_instances(dag_id, run_id) if t["state"] in ("failed", "up_for_retry")]
+                if bad:
+                    raise DeploymentError(f"{dag_id} {run_id}: task instances failed or up for retry: {bad}")
             return row["state"] if row["state"] in ("success", "failed") else None
 
         return wait_for(f"{dag_id} run {run_id} to finish", finished, timeout, interval=1.0)
