@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from airflow_provider_instructure._compat import Context
@@ -33,6 +34,10 @@ class CD2DownloadOperator(CD2QueryOperator):
     Returned to XCom: the job metadata plus ``target`` (the job directory), ``files`` (per file
     ``object_id``, ``path``, ``size``, ``rows``), ``file_count``, ``bytes`` and ``rows``. An Asset
     event for ``instructure://<namespace>/<table>`` carries the watermark and schema version.
+
+    A retry of a failed try keeps the files already in a local ``target`` whose size and gzip
+    trailer check out and downloads only the others (object storage targets are downloaded
+    again).
 
     When DAP answers "There is no data available yet" (a table without rows), the task succeeds
     with no files: ``file_count`` 0, ``no_data`` true, ``watermark`` None; a stored watermark
@@ -100,9 +105,13 @@ class CD2DownloadOperator(CD2QueryOperator):
 
     def process_job(self, context: Context, meta: dict[str, Any]) -> dict[str, Any]:
         directory = table_dir(self.target, meta["namespace"], meta["table"]) / f"job_{meta['job_id']}"
+        # A retry keeps the parts an earlier try of this job already put in a local target.
         files = self.hook.download_objects(
-            meta["objects"], directory, concurrency=self.concurrency, decompress=self.decompress
+            meta["objects"], directory, concurrency=self.concurrency, decompress=self.decompress, reuse=True
         )
+        if isinstance(directory, Path):
+            for record in directory.glob(".*.done"):  # the reuse records are not part of the output
+                record.unlink(missing_ok=True)
         rows = [f["rows"] for f in files]
         result = {
             **meta,

@@ -19,7 +19,10 @@ from typing import Any
 import pytest
 
 from airflow_provider_instructure.emulator.server import EmulatorServer
+from airflow_provider_instructure.exceptions import DapDownloadError
+from airflow_provider_instructure.hooks import downloads as downloads_module
 from airflow_provider_instructure.hooks.downloads import _gzip_complete
+from airflow_provider_instructure.operators.cd2_download import CD2DownloadOperator
 from airflow_provider_instructure.operators.sync_workdir import JobDirBusy, JobDirClaim, remove_other_jobs
 from airflow_provider_instructure.replication import replicator as replicator_module
 from tests.operators.test_cd2_sync import replica_equals_emulator, server, sync, warehouse  # noqa: F401 - fixtures
@@ -136,3 +139,38 @@ def test_a_job_directory_in_use_is_neither_shared_nor_removed(tmp_path: Path) ->
     finally:
         held.release()
     assert remove_other_jobs(mine, logging.getLogger(__name__)) == 1 and not busy.exists()
+
+
+def test_download_retry_fetches_only_the_part_that_failed(
+    server: EmulatorServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """CD2DownloadOperator: try 1 loses the last part to a cut-off transfer; try 2 fetches only it."""
+    server.emulator.config.parts = 3
+    monkeypatch.setenv("AIRFLOW_CONN_INSTRUCTURE_DEFAULT", server.connection_json(retry_limit=1, retry_delay=0.01))
+
+    def download() -> dict[str, Any]:
+        return CD2DownloadOperator(
+            task_id="d", table="users", target=tmp_path, concurrency=1, poll_interval=0.05
+        ).execute({})
+
+    real = downloads_module.ObjectDownloader._transfer
+    started: list[str] = []
+
+    def last_part_is_cut(self: Any, object_id: str, *args: Any, **kwargs: Any) -> Any:
+        started.append(object_id)
+        if len(started) == 3:  # parts go one at a time (concurrency=1): the third is the last
+            server.emulator.faults.inject("download", "truncate", count=5)
+        return real(self, object_id, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(downloads_module.ObjectDownloader, "_transfer", last_part_is_cut)
+        with pytest.raises(DapDownloadError):
+            download()
+    server.emulator.faults.clear()
+    before = downloads(server)
+    result = download()
+    again = downloads(server) - before
+    assert list(again) == [f"/files/{started[2]}"] and again[f"/files/{started[2]}"] == 1
+    assert result["file_count"] == 3 and result["rows"] == 15
+    job_dir = Path(result["target"])
+    assert sorted(p.name for p in job_dir.iterdir()) == sorted(Path(f["path"]).name for f in result["files"])
