@@ -265,7 +265,18 @@ class CD2SyncTableOperator(CD2QueryOperator):
         return summary
 
     def _parts_dir(self, meta: dict[str, Any]) -> Path:
-        destination = [self.destination_conn_id, self.destination_schema, self.table_prefix]
+        # What the connection points at, not its id: two deployments on one host may both call
+        # their (different) warehouses "cd2_warehouse" and must never share or remove parts.
+        conn = BaseHook.get_connection(self.destination_conn_id)
+        destination = [
+            conn.conn_type,
+            conn.host,
+            conn.port,
+            conn.schema,
+            conn.login,
+            self.destination_schema,
+            self.table_prefix,
+        ]
         return job_parts_dir(
             table_parts_dir(self.workdir, destination, meta["namespace"], meta["table"]), meta["job_id"]
         )

@@ -38,3 +38,20 @@ def test_unknown_destination_type_still_fails_without_retry(instructure_conn, mo
     op = CD2SyncTableOperator(task_id="sync_users", table="users", destination_conn_id="cd2_warehouse")
     with pytest.raises(InstructureConfigError, match="supported types are"):
         op.execute({})
+
+
+def test_parts_directory_follows_what_the_connection_points_at(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """Same connection id, different databases (two deployments on one host): never the same parts directory."""
+    op = CD2SyncTableOperator(
+        task_id="sync_users", table="users", destination_conn_id="cd2_warehouse", workdir=str(tmp_path)
+    )
+    meta = {"namespace": "canvas", "table": "users", "job_id": "job-1"}
+    dirs = set()
+    for database in ("warehouse_a", "warehouse_b"):
+        conn = {"conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "login": "etl", "schema": database}
+        monkeypatch.setenv("AIRFLOW_CONN_CD2_WAREHOUSE", json.dumps(conn))
+        dirs.add(op._parts_dir(meta))
+    assert len(dirs) == 2
+    # and the same destination under another connection id shares nothing it should not: stable per target
+    monkeypatch.setenv("AIRFLOW_CONN_CD2_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": "/data/w.db"}))
+    assert op._parts_dir(meta) == op._parts_dir(meta)
