@@ -9,12 +9,13 @@ from functools import cached_property
 from typing import Any
 
 from airflow_provider_instructure._compat import BaseSensorOperator, Context, PokeReturnValue, conf
-from airflow_provider_instructure.exceptions import DapJobFailed, DapJobTimeout, InstructureError
+from airflow_provider_instructure.exceptions import DapJobTimeout, InstructureError
 from airflow_provider_instructure.hooks.dap_protocol import (
     DEFAULT_DEFER_AFTER,
     DEFAULT_TRIGGER_FIRST_DELAY,
     JobStatus,
     PollSchedule,
+    job_failure,
 )
 from airflow_provider_instructure.hooks.instructure import InstructureHook
 from airflow_provider_instructure.triggers.cd2 import CD2JobTrigger
@@ -66,7 +67,7 @@ class CD2JobSensor(BaseSensorOperator):
         job = self.hook.get_job(self.job_id)
         status = JobStatus.of(job)
         if status is JobStatus.FAILED:
-            raise DapJobFailed(self.job_id, job.get("error"))
+            raise job_failure(self.job_id, job.get("error"))
         if status is JobStatus.COMPLETE:
             return PokeReturnValue(is_done=True, xcom_value=job)
         self.log.info("Job %s is %s", self.job_id, status.value)
@@ -90,7 +91,7 @@ class CD2JobSensor(BaseSensorOperator):
         schedule = PollSchedule(maximum=self.poke_interval)
         job = self.hook.poll_job(self.job_id, schedule, for_seconds=self.defer_after, deadline=deadline)
         if JobStatus.of(job) is JobStatus.FAILED:
-            raise DapJobFailed(self.job_id, job.get("error"))
+            raise job_failure(self.job_id, job.get("error"))
         if JobStatus.of(job) is JobStatus.COMPLETE:
             return job
         self.log.info("Job %s is still %s; deferring", self.job_id, job.get("status"))
@@ -113,7 +114,7 @@ class CD2JobSensor(BaseSensorOperator):
         if status == "complete":
             return event["job"]
         if status == "failed":
-            raise DapJobFailed(event["job_id"], (event.get("job") or {}).get("error"))
+            raise job_failure(event["job_id"], (event.get("job") or {}).get("error"))
         if status == "timeout":
             raise DapJobTimeout(event.get("message", "DAP job timed out"))
         raise InstructureError(f"Waiting for DAP job {event.get('job_id')} failed: {event.get('message')}")

@@ -191,3 +191,17 @@ def test_download_without_data_writes_nothing_and_keeps_the_watermark(
     # the same through job= (a query's XCom saying no_data)
     meta = CD2QueryOperator(task_id="q", table="users", poll_interval=0.05).execute({})
     assert CD2DownloadOperator(task_id="d2", job=meta, target=tmp_path).execute({})["file_count"] == 0
+
+
+def test_sensor_reports_a_no_data_job_as_such(server: EmulatorServer) -> None:
+    """The sensor's failed-job path goes through the same job_failure() as the operators."""
+    from airflow_provider_instructure.sensors.cd2 import CD2JobSensor
+
+    no_data(server, "users", "job")
+    try:
+        job = InstructureHook().start_query("users")
+        sensor = CD2JobSensor(task_id="s", job_id=job["id"], poke_interval=1, timeout=60)
+        with pytest.raises(DapNoDataYetError, match="There is no data available yet"):
+            sensor.execute({})
+    finally:
+        no_data(server, "users", None)

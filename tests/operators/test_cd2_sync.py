@@ -18,7 +18,7 @@ import pytest
 
 from airflow_provider_instructure.emulator import Emulator, EmulatorConfig
 from airflow_provider_instructure.emulator.server import EmulatorServer
-from airflow_provider_instructure.exceptions import InstructureConfigError
+from airflow_provider_instructure.exceptions import DestinationUnavailableError, InstructureConfigError
 from airflow_provider_instructure.operators.cd2_sync import CD2SyncTableOperator
 from airflow_provider_instructure.replication import TableReplicator
 from tests.conftest import REPO, unavailable
@@ -171,7 +171,7 @@ def test_clear_errors_before_any_data_moves(
         "AIRFLOW_CONN_CD2_WAREHOUSE",
         json.dumps({"conn_type": "postgres", "host": "127.0.0.1", "port": port, "login": "x", "schema": "db"}),
     )
-    with pytest.raises(InstructureConfigError, match="Cannot connect to destination 'cd2_warehouse'"):
+    with pytest.raises(DestinationUnavailableError, match="Cannot connect to destination 'cd2_warehouse'"):
         sync("users")
     import sqlite3
 
