@@ -12,10 +12,11 @@ Public API:
 * :class:`SyncState` (what ``read_state`` returns);
 * the errors in :mod:`.errors`.
 
-Modules: :mod:`.replicator` (orchestration), :mod:`.state` (state table layout, ``dap``'s
-``table_sync``), :mod:`.types` (per-dialect type mapping), :mod:`.tsv` (streaming part
-reader), :mod:`.schema_changes` (what can change in place), :mod:`.dialects` (PostgreSQL,
-MySQL, SQLite loading and swapping).
+Modules: :mod:`.replicator` (orchestration), :mod:`.result` (:class:`SyncResult`),
+:mod:`.state` (state table layout, ``dap``'s ``table_sync``), :mod:`.types` (per-dialect type
+mapping), :mod:`.tsv` (streaming part reader), :mod:`.values` (the bad-value policy shared by
+every target) and :mod:`.locate` (where a refused value is), :mod:`.schema_changes` (what can
+change in place), :mod:`.dialects` (PostgreSQL, MySQL, SQLite loading and swapping).
 
 The package imports neither Airflow nor an HTTP client: it consumes result files that are
 already on disk and a DB-API connection.
@@ -24,6 +25,7 @@ already on disk and a DB-API connection.
 from __future__ import annotations
 
 from airflow_provider_instructure.replication.errors import (
+    BadValueError,
     ConcurrentReplicationError,
     DataLoadError,
     ReplicationConfigError,
@@ -39,6 +41,7 @@ from airflow_provider_instructure.replication.state import STATE_TABLE, SyncStat
 __all__ = [
     "DUPLICATE_KEY_TABLES",
     "STATE_TABLE",
+    "BadValueError",
     "ConcurrentReplicationError",
     "DataLoadError",
     "ReplicationConfigError",

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from os import PathLike
 from pathlib import Path
@@ -61,6 +60,7 @@ from airflow_provider_instructure.replication.errors import (
     SnapshotRequired,
     WatermarkError,
 )
+from airflow_provider_instructure.replication.result import SyncResult
 from airflow_provider_instructure.replication.schema_changes import SchemaChange, diff_schemas
 from airflow_provider_instructure.replication.state import ORIGIN_DAP, STATE_TABLE, StateStore, SyncState
 from airflow_provider_instructure.replication.tsv import Part, read_part
@@ -71,78 +71,6 @@ Parts = Sequence[str | PathLike[str]] | str | PathLike[str]
 
 #: Tables whose results may repeat a key (upstream at-least-once delivery), as dap knows them.
 DUPLICATE_KEY_TABLES = frozenset({("canvas_logs", "web_logs")})
-
-
-@dataclass(frozen=True)
-class SyncResult:
-    """What one snapshot or incremental did.
-
-    :param mode: ``snapshot`` or ``incremental``.
-    :param target: the replica, ``schema.table``.
-    :param dialect: ``postgres``, ``mysql`` or ``sqlite``.
-    :param rows_inserted: new keys (for a snapshot: every row loaded).
-    :param rows_updated: existing keys overwritten by ``U`` records.
-    :param rows_deleted: keys removed by ``D`` records (keys never seen are not counted).
-    :param watermark: the new watermark (``at`` or ``until``), aware UTC.
-    :param schema_version: schema version the replica now holds.
-    :param bytes_read: bytes of the result files as given (compressed if gzip).
-    :param bytes_loaded: uncompressed bytes handed to the database.
-    :param seconds: wall-clock seconds per phase (``prepare``, ``load``, ``index``, ``merge``,
-        ``swap``, ``commit``, ``recover``).
-    :param files: number of result parts.
-    :param job_id: the DAP job the result came from, if given.
-    :param schema_changes: in-place DDL applied before the data (``ALTER TABLE ...``).
-    :param continued_from_dap: the replica is a ``dap initdb`` table continued in place.
-    :param coerced_values: column name to the number of values stored differently from what
-        DAP sent under the bad-value policy (:mod:`.values`): empty fields of non-text columns
-        stored as NULL, timestamps clamped to the target's range, deletes without a key
-        skipped. Empty when nothing was coerced.
-    :param oversized_values: column name to the number of oversized-value placeholders
-        received (kept in text columns, a JSON string in JSON columns, NULL elsewhere).
-    :param skipped_deletes: delete records without a key, which cannot delete anything.
-    """
-
-    mode: str
-    target: str
-    dialect: str
-    rows_inserted: int
-    rows_updated: int
-    rows_deleted: int
-    watermark: datetime
-    schema_version: int
-    bytes_read: int
-    bytes_loaded: int
-    seconds: dict[str, float] = field(default_factory=dict)
-    files: int = 0
-    job_id: str | None = None
-    schema_changes: tuple[str, ...] = ()
-    continued_from_dap: bool = False
-    coerced_values: dict[str, int] = field(default_factory=dict)
-    oversized_values: dict[str, int] = field(default_factory=dict)
-    skipped_deletes: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form for XCom (timestamps as ISO-8601 strings)."""
-        return {
-            "mode": self.mode,
-            "target": self.target,
-            "dialect": self.dialect,
-            "rows_inserted": self.rows_inserted,
-            "rows_updated": self.rows_updated,
-            "rows_deleted": self.rows_deleted,
-            "watermark": self.watermark.isoformat(),
-            "schema_version": self.schema_version,
-            "bytes_read": self.bytes_read,
-            "bytes_loaded": self.bytes_loaded,
-            "seconds": {k: round(v, 6) for k, v in self.seconds.items()},
-            "files": self.files,
-            "job_id": self.job_id,
-            "schema_changes": list(self.schema_changes),
-            "continued_from_dap": self.continued_from_dap,
-            "coerced_values": dict(self.coerced_values),
-            "oversized_values": dict(self.oversized_values),
-            "skipped_deletes": self.skipped_deletes,
-        }
 
 
 def _aware(value: datetime | str, name: str) -> datetime:
@@ -556,40 +484,20 @@ class TableReplicator:
         *,
         continued: bool,
     ) -> SyncResult:
-        result = SyncResult(
-            mode=mode,
-            target=self.target_name,
-            dialect=self._d.name,
-            rows_inserted=counts.inserted,
-            rows_updated=counts.updated,
-            rows_deleted=counts.deleted,
-            watermark=watermark,
-            schema_version=schema.version,
-            bytes_read=sum(p.size for p in parts),
-            bytes_loaded=counts.bytes_loaded,
-            seconds=dict(timer.seconds),
-            files=len(parts),
-            job_id=job_id,
-            schema_changes=ddl,
-            continued_from_dap=continued,
-            coerced_values=dict(sorted(counts.values.coerced.items())),
-            oversized_values=dict(sorted(counts.values.oversized.items())),
-            skipped_deletes=counts.values.skipped_deletes,
-        )
-        counts.values.log(self.log, f"{mode} of {self.namespace}.{self.table} into {self.target_name}")
-        self.log.info(
-            "%s of %s.%s into %s: +%d inserted, %d updated, -%d deleted, watermark %s, schema v%d, %.2fs",
+        result = SyncResult.from_load(
             mode,
-            self.namespace,
-            self.table,
             self.target_name,
-            result.rows_inserted,
-            result.rows_updated,
-            result.rows_deleted,
-            watermark.isoformat(),
+            self._d.name,
+            counts,
+            parts,
+            timer,
+            watermark,
             schema.version,
-            sum(timer.seconds.values()),
+            job_id,
+            ddl,
+            continued=continued,
         )
+        result.log_summary(self.log, f"{self.namespace}.{self.table}", counts.values)
         return result
 
 
