@@ -285,19 +285,25 @@ class ChunkFile(io.RawIOBase):
     """A read-only file over an iterator of byte blocks (psycopg2's ``copy_expert`` wants one).
 
     ``read`` returns whole blocks regardless of the size asked for; psycopg2 sends whatever
-    it gets. ``count`` is the number of bytes handed out.
+    it gets. ``count`` is the number of bytes handed out; ``error`` the exception the blocks
+    raised, if any.
     """
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         super().__init__()
         self._chunks = iter(chunks)
         self.count = 0
+        self.error: Exception | None = None
 
     def readable(self) -> bool:
         return True
 
     def read(self, size: int = -1) -> bytes:  # type: ignore[override]
-        chunk = next(self._chunks, b"")
+        try:
+            chunk = next(self._chunks, b"")
+        except Exception as exc:  # kept for the caller: the driver may wrap it in its own error
+            self.error = exc
+            raise
         self.count += len(chunk)
         return chunk
 

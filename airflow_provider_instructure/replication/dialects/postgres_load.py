@@ -48,7 +48,14 @@ class PostgresLoader(Dialect):
         with closing(prefetch(chunks)) as blocks:
             if self.driver == "psycopg2":
                 source = ChunkFile(blocks)
-                cur.copy_expert(sql, source, size=CHUNK_SIZE)
+                try:
+                    cur.copy_expert(sql, source, size=CHUNK_SIZE)
+                except Exception:
+                    # psycopg2 reports an error raised while reading the data as QueryCanceled
+                    # ("error in .read() call"); the reader's own error says what is wrong.
+                    if source.error is not None:
+                        raise source.error from None
+                    raise
                 return cur.rowcount, source.count
             sent = 0
             with cur.copy(sql) as copy:
