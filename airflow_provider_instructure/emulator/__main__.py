@@ -48,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", type=int, default=2, help="minimum gzip parts per result")
     parser.add_argument("--rows-per-part", type=int, default=100_000, help="maximum rows per part")
     parser.add_argument("--rate-limits", action="store_true", help="enforce the documented per-minute limits")
+    parser.add_argument(
+        "--quirks",
+        nargs="*",
+        default=[],
+        metavar="QUIRK=RATE",
+        help="value quirks of real DAP results, e.g. empty_typed=0.1 timestamp_after_9999=0.05 (README)",
+    )
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
 
@@ -60,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.rate_limits:
         config.enable_rate_limits()
+    try:
+        config.update({"quirks": {name: float(rate) for name, _, rate in (q.partition("=") for q in args.quirks)}})
+    except ValueError as exc:
+        parser.error(f"--quirks: {exc}")
     clock_start = datetime.fromisoformat(args.clock_start.replace("Z", "+00:00")) if args.clock_start else None
     emulator = Emulator(config, seed=args.seed, rows=_rows(args.rows), clock_start=clock_start)
     server = EmulatorServer(emulator, host=args.host, port=args.port, log_level=args.log_level)
