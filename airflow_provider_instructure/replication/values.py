@@ -137,8 +137,10 @@ MYSQL_RANGE = TimestampRange(
     high_text="9999-12-31T23:59:59.999999Z",
 )
 #: Python's ``datetime`` (SQLite stores ISO text that ``datetime.fromisoformat`` must read).
-#: The official client's ``dap.timestamp.clamp_naive_datetime`` (instructure-dap-client 2.3.1)
-#: clamps expanded years to ``datetime.min``/``datetime.max``: the same limits.
+#: These are the official client's limits: instructure-dap-client 2.3.1 defines
+#: ``dap.timestamp.clamp_naive_datetime``, which maps an expanded year (``+YYYYY``, ``-YYYY``)
+#: to ``datetime.max``/``datetime.min``. MySQL's documented range is narrower, so MySQL clamps
+#: to its own; PostgreSQL can store more, so it clamps only beyond its own range.
 PYTHON_RANGE = TimestampRange(
     "Python datetime",
     low=(1, "01-01T00:00:00.000000"),
