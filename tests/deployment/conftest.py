@@ -39,9 +39,10 @@ SEED = 11
 ROWS = 20
 #: The emulator's initial commit time, shared with the in-process twin.
 CLOCK_START = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(days=2)
-#: Jobs of the first runs outlast the operators' checks in the worker, so that every deferrable task
-#: really defers (a quicker job finishes in the worker, by design).
-FIRST_RUN_JOB_SECONDS = getattr(dap_protocol, "DEFAULT_DEFER_AFTER", 0.0) + 3.0
+#: Jobs of the first runs outlast the operators' checks in the worker (``defer_after``, 7 s) by 6 s, so
+#: that every deferrable task really defers even when a loaded machine delays its last check (a quicker
+#: job finishes in the worker, by design), and end before the trigger's first check (10 s after deferring).
+FIRST_RUN_JOB_SECONDS = getattr(dap_protocol, "DEFAULT_DEFER_AFTER", 0.0) + 6.0
 EXAMPLE_DAGS = ["example_cd2_list_tables", "example_cd2_snapshot_to_files", "example_cd2_sync_to_database"]
 RETRY_DAG = "e2e_retry_resumes_job"
 DAGS_DIR = Path(__file__).resolve().parent / "dags"
