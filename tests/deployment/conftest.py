@@ -143,6 +143,7 @@ def e2e(request: pytest.FixtureRequest) -> Iterator[E2E]:
     leftovers: list[str] = []
     twin = Emulator(seed=SEED, rows=ROWS, clock_start=CLOCK_START)
     e2e = E2E(deployment, "", twin, warehouse_db, sorted(twin.dataset.tables["canvas"]))
+    came_up = False
     try:
         deployment.dags.mkdir()
         deployment.process_logs.mkdir()
@@ -176,6 +177,7 @@ def e2e(request: pytest.FixtureRequest) -> Iterator[E2E]:
         for dag_id in EXAMPLE_DAGS[1:]:
             (run,) = wait_for(f"the first run of {dag_id}", lambda d=dag_id: deployment.runs(d), 60)
             e2e.first_runs[dag_id] = run["run_id"]
+        came_up = True
         yield e2e
     finally:
         e2e.mark("tests done")
@@ -189,7 +191,8 @@ def e2e(request: pytest.FixtureRequest) -> Iterator[E2E]:
         twin.close()
         (deployment.home / "timings.json").write_text(json.dumps(deployment.timings, indent=2))
         _report(request, f"\ndeployment test timings (s): {deployment.timings}")
-        if request.session.testsfailed > failed_before or leftovers or os.environ.get("E2E_KEEP_HOME"):
+        failed = not came_up or request.session.testsfailed > failed_before
+        if failed or leftovers or os.environ.get("E2E_KEEP_HOME"):
             _report(request, f"deployment test: logs and AIRFLOW_HOME kept in {deployment.home}")
         else:
             deployment.remove()

@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import requests
 
 from airflow_provider_instructure.emulator.config import DEMO_CLIENT_SECRET
 from tests.deployment.conftest import E2E, EXAMPLE_DAGS, RETRY_DAG, ROWS
@@ -198,6 +199,14 @@ SECRETS = {
 
 def test_no_secret_in_any_log(e2e: E2E) -> None:
     """Task, trigger and process logs of the whole session hold no client secret, JWT or signed URL."""
+    # The patterns must match the real thing: a token the emulator issues to the demo client.
+    login = requests.post(
+        f"{e2e.emulator_url}/ids/auth/login",
+        auth=("us-east-1#demo-client-id", DEMO_CLIENT_SECRET),
+        data={"grant_type": "client_credentials"},
+        timeout=30,
+    )
+    assert SECRETS["JWT"].fullmatch(login.json()["access_token"]), "the JWT pattern misses the emulator's tokens"
     found: Counter[tuple[str, str]] = Counter()
     files = [p for p in e2e.deployment.log_files() if p.name != "emulator.log"]  # the stand-in for DAP itself
     assert len(files) > 50, files
