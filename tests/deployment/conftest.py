@@ -175,8 +175,8 @@ def e2e(request: pytest.FixtureRequest) -> Iterator[E2E]:
             deployment.unpause(dag_id)
         e2e.first_runs["example_cd2_list_tables"] = deployment.trigger("example_cd2_list_tables")
         for dag_id in EXAMPLE_DAGS[1:]:
-            (run,) = wait_for(f"the first run of {dag_id}", lambda d=dag_id: deployment.runs(d), 60)
-            e2e.first_runs[dag_id] = run["run_id"]
+            runs = wait_for(f"the first run of {dag_id}", lambda d=dag_id: deployment.runs(d), 60)
+            e2e.first_runs[dag_id] = runs[0]["run_id"]
         came_up = True
         yield e2e
     finally:
