@@ -5,7 +5,8 @@ Everything lives under one temporary ``AIRFLOW_HOME``:
 * ``dags/``: copies of the example DAGs (what a user deploys) and the test DAGs of this package;
 * ``processes/<name>.log``: the output of each process (api-server, scheduler, dag-processor,
   triggerer, emulator, and each CLI call);
-* ``logs/``: Airflow's task logs; ``cd2-lake/``: what the file-download DAGs write.
+* ``logs/``: Airflow's task and trigger logs; ``cd2-lake/``: what the file-download DAGs write;
+* ``tmp/``: every process's ``TMPDIR`` (the sync operator keeps its parts there).
 
 Each long-running process is started in its own session (``start_new_session``), so its process
 group id is its pid: :meth:`Deployment.stop` signals those groups by id, then looks for any process
