@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import re
 import threading
-import time
 import uuid
-from collections.abc import Sequence
 from datetime import datetime, timezone
 from functools import cached_property
 from typing import Any
@@ -21,7 +17,6 @@ from airflow_provider_instructure._compat import AirflowNotFoundException, BaseH
 from airflow_provider_instructure.exceptions import (
     DapApiError,
     DapConnectionError,
-    DapJobTimeout,
     DapNotFoundError,
     InstructureConfigError,
 )
@@ -30,36 +25,19 @@ from airflow_provider_instructure.hooks.dap_protocol import (
     LOGIN_PATH,
     USER_AGENT,
     AccessToken,
-    JobStatus,
-    PollSchedule,
     SyncTokenCache,
     basic_auth_header,
-    build_query,
-    check_name,
     clear_shared_token_states,
-    job_expires_within,
-    job_failure,
     parse_login_response,
-    parse_timestamp,
     raise_for_error,
     read_json,
     shared_token_state,
 )
-from airflow_provider_instructure.hooks.downloads import ObjectDownloader, Truncated, UrlExpired
+from airflow_provider_instructure.hooks.instructure_jobs import TRANSPORT_ERRORS, DapJobsMixin, _checked
 from airflow_provider_instructure.hooks.retry import RetryPolicy, redact_url
 from airflow_provider_instructure.hooks.settings import DapSettings, read_settings
 
-#: the sleep of job polling (tests replace it to record the schedule's waits)
-_sleep = time.sleep
-
 KNOWN_NAMESPACES = ("canvas", "canvas_logs", "catalog", "new_quizzes")
-
-#: Transport failures worth another attempt (the request may not have reached DAP).
-TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-)
 
 
 _TOKEN_CACHES: dict[DapSettings, SyncTokenCache] = {}
@@ -116,7 +94,7 @@ def _path(url: str | None) -> str:
     return redact_url((url or "").split("?", 1)[0])
 
 
-class InstructureHook(BaseHook):
+class InstructureHook(DapJobsMixin, BaseHook):
     """Talks to Instructure's Data Access Platform (Canvas Data 2).
 
     The connection holds the ClientID (login) and Secret (password). The hook logs in to
@@ -360,222 +338,6 @@ class InstructureHook(BaseHook):
             exc, f"Table {table!r} does not exist in namespace {namespace!r}. Tables there: {', '.join(tables)}. {exc}"
         )
 
-    # -- queries and jobs ------------------------------------------------------------------------------
-
-    def start_query(
-        self,
-        table: str,
-        namespace: str | None = None,
-        *,
-        format: str = "jsonl",
-        mode: str | None = None,
-        since: datetime | str | None = None,
-        until: datetime | str | None = None,
-    ) -> dict[str, Any]:
-        """Start (or join) a query job: a snapshot when ``since`` is None, else an incremental.
-
-        ``since``/``until`` take aware datetimes or ISO-8601 strings with a zone. A complete job
-        that DAP hands back from an earlier identical query but that expires within
-        ``reuse_expiry_margin`` seconds is not used: the hook waits for it to expire and asks
-        again, as its objects would vanish mid-download.
-
-        :returns: the job object (``id``, ``status``, ``expires_at`` and, when complete,
-            ``objects``, ``schema_version`` and ``at`` or ``since``/``until``).
-        :raises InstructureConfigError: bad arguments, before any call.
-        """
-        ns = self._namespace(namespace)
-        tbl = _checked(table, "table")
-        try:
-            body = build_query(format, mode, since, until)
-        except ValueError as exc:
-            raise InstructureConfigError(f"Query of {ns}.{tbl}: {exc}") from None
-        kind = "incremental" if "since" in body else "snapshot"
-        what = f"Start {kind} query of {ns}.{tbl}"
-        for _ in range(3):
-            try:
-                job = self._json("POST", f"/dap/query/{ns}/table/{tbl}/data", what=what, json=body, scoped=True)
-            except DapNotFoundError as exc:
-                raise self._explain_missing(exc, ns, tbl) from None
-            status = JobStatus.of(job)
-            if not (status.is_terminal and job_expires_within(job, self.reuse_expiry_margin)):
-                break
-            wait = max(0.0, min(self.reuse_expiry_margin, _seconds_until(job.get("expires_at")))) + 1.0
-            self.log.info(
-                "DAP returned job %s from an earlier identical query, expiring at %s; waiting %.0f s for a fresh one",
-                job.get("id"),
-                job.get("expires_at"),
-                wait,
-            )
-            time.sleep(wait)
-        self.log.info("%s: job %s is %s (%s)", what, job.get("id"), job.get("status"), json.dumps(body))
-        return job
-
-    def get_job(self, job_id: str) -> dict[str, Any]:
-        """The job object of ``job_id`` (404 :class:`DapNotFoundError` once it has expired)."""
-        jid = _checked_job_id(job_id)
-        return self._json("GET", f"/dap/job/{jid}", what=f"Get job {jid}")
-
-    def wait_for_job(
-        self,
-        job_id: str,
-        *,
-        poll_interval: float = 30.0,
-        timeout: float | None = None,
-        schedule: PollSchedule | None = None,
-    ) -> dict[str, Any]:
-        """Poll until the job is complete (blocking; deferrable operators use the trigger instead).
-
-        The first check is immediate, then after 1, 2, 4, 8... seconds, never more than
-        ``poll_interval`` apart (:class:`PollSchedule`): a job done in 2 s is seen within 3 s.
-
-        :param poll_interval: longest wait between two checks, seconds.
-        :param timeout: seconds after which :class:`DapJobTimeout` is raised (checked once more
-            at the deadline itself); None waits forever.
-        :param schedule: a schedule to continue instead of a new one capped at ``poll_interval``.
-        :returns: the complete job.
-        :raises DapJobFailed: the job failed (message carries its id and DAP error uuid);
-            :class:`DapNoDataYetError` when DAP says the table has no data yet.
-        :raises DapJobTimeout: ``timeout`` seconds passed first.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        job = self.poll_job(job_id, schedule or PollSchedule(maximum=poll_interval), deadline=deadline)
-        if JobStatus.of(job) is JobStatus.FAILED:
-            raise job_failure(job_id, job.get("error"))
-        return job
-
-    def poll_job(
-        self,
-        job_id: str,
-        schedule: PollSchedule,
-        *,
-        job: dict[str, Any] | None = None,
-        for_seconds: float | None = None,
-        deadline: float | None = None,
-    ) -> dict[str, Any]:
-        """Check a job on ``schedule`` until it is complete or failed, or ``for_seconds`` run out.
-
-        :param schedule: when to check; it advances with every wait, so a caller that defers
-            afterwards can hand ``schedule.step`` to the trigger.
-        :param job: the job as last seen (e.g. the answer of :meth:`start_query`); without it the
-            first check is immediate.
-        :param for_seconds: stop before a wait would bring the total of waits past this many
-            seconds and return the job as last seen, still waiting or running (deferrable
-            operators poll a few seconds in the worker this way, then defer); None: no limit.
-        :param deadline: a :func:`time.monotonic` value; the job is checked once more at it.
-        :returns: the last job seen: complete or failed, unless ``for_seconds`` ran out.
-        :raises DapJobTimeout: the job was neither complete nor failed at ``deadline``.
-        """
-        if job is None:
-            job = self.get_job(job_id)
-        waited = 0.0
-        while not (status := JobStatus.of(job)).is_terminal:
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                raise DapJobTimeout(
-                    f"DAP job {job_id} still {status.value} when the wait ran out (timeout/job_timeout); "
-                    "give the job more time if the table is large"
-                )
-            delay = schedule.peek()
-            if for_seconds is not None and waited + delay > for_seconds:
-                return job
-            schedule.next()
-            if deadline is not None:
-                delay = min(delay, deadline - now)
-            self.log.info("Job %s is %s; next check in %.1f s", job_id, status.value, delay)
-            _sleep(delay)
-            waited += delay
-            job = self.get_job(job_id)
-        return job
-
-    def get_object_urls(self, object_ids: Sequence[str]) -> dict[str, str]:
-        """Trade object ids for pre-signed URLs, ``url_batch`` ids per call.
-
-        The URLs are secrets until they expire: they are registered with the masker and must
-        not be logged.
-        """
-        urls: dict[str, str] = {}
-        ids = list(object_ids)
-        for start in range(0, len(ids), self.url_batch):
-            batch = ids[start : start + self.url_batch]
-            body = self._json(
-                "POST",
-                "/dap/object/url",
-                what=f"Get download URLs of {len(batch)} object(s)",
-                json=[{"id": oid} for oid in batch],
-            )
-            for oid, entry in (body.get("urls") or {}).items():
-                url = entry.get("url") if isinstance(entry, dict) else entry
-                if isinstance(url, str):
-                    mask_secret(url)
-                    urls[oid] = url
-        missing = [oid for oid in ids if oid not in urls]
-        if missing:
-            raise DapApiError(f"DAP returned no download URL for {len(missing)} object(s), e.g. {missing[0]!r}")
-        return urls
-
-    @cached_property
-    def _download_session(self) -> requests.Session:
-        # Pre-signed URLs carry their own signature: no Authorization header may go with them.
-        session = requests.Session()
-        session.headers.update(self._base_headers())
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32)
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
-        return session
-
-    def download_objects(
-        self,
-        job: dict[str, Any] | Sequence[str],
-        target: Any,
-        *,
-        concurrency: int = 4,
-        decompress: bool = False,
-        inspect: bool = True,
-        reuse: bool = False,
-    ) -> list[dict[str, Any]]:
-        """Download every result object of a complete job into ``target``.
-
-        :param job: the complete job object (or just its object ids).
-        :param target: a local directory, or an ``ObjectStoragePath`` (S3, GCS, Azure... through
-            their Airflow providers).
-        :param concurrency: parallel downloads.
-        :param decompress: gunzip TSV/CSV/JSONL on the fly (not valid for parquet).
-        :param inspect: inflate compressed parts in-stream to count rows and verify the gzip
-            trailer; turn off when the consumer reads every byte anyway.
-        :param reuse: keep the parts an earlier try of the same job left in a local ``target``
-            when their size and gzip trailer check out; download only the others.
-        :returns: per file ``{"object_id", "path", "size", "rows"}`` (rows when cheap to know).
-        """
-        if isinstance(job, dict):
-            if JobStatus.of(job) is not JobStatus.COMPLETE:
-                raise InstructureConfigError(
-                    f"job {job.get('id')} is {job.get('status')}; only complete jobs have files"
-                )
-            object_ids = [o["id"] if isinstance(o, dict) else str(o) for o in job.get("objects") or []]
-        else:
-            object_ids = list(job)
-        settings = self.settings
-        downloader = ObjectDownloader(
-            self.get_object_urls,
-            self._download_session,
-            RetryPolicy(settings, (*TRANSPORT_ERRORS, Truncated, UrlExpired), self.log),
-            concurrency=concurrency,
-            decompress=decompress,
-            inspect=inspect,
-            reuse=reuse,
-            url_batch=self.url_batch,
-            url_max_age=self.url_max_age,
-            timeout=(settings.connect_timeout, max(settings.timeout, 300.0)),
-            log=self.log,
-        )
-        started = time.monotonic()
-        files = downloader.download(object_ids, target)
-        total = sum(f.size for f in files)
-        self.log.info(
-            "Downloaded %d file(s), %d bytes, in %.1f s to %s", len(files), total, time.monotonic() - started, target
-        )
-        return [f.to_dict() for f in files]
-
     def test_connection(self) -> tuple[bool, str]:
         """Log in and list the default namespace's tables; never raises, never shows the token.
 
@@ -638,31 +400,6 @@ class InstructureHook(BaseHook):
                 "port": "443",
             },
         }
-
-
-def _checked(value: str, what: str) -> str:
-    try:
-        return check_name(value, what)
-    except ValueError as exc:
-        raise InstructureConfigError(str(exc)) from None
-
-
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
-
-
-def _checked_job_id(job_id: str) -> str:
-    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
-        raise InstructureConfigError(f"{job_id!r} is not a DAP job id")
-    return job_id
-
-
-def _seconds_until(timestamp: str | None) -> float:
-    if not timestamp:
-        return 0.0
-    try:
-        return parse_timestamp(timestamp, "expires_at").timestamp() - time.time()
-    except ValueError:
-        return 0.0
 
 
 def _with_message(exc: DapApiError, message: str) -> Any:

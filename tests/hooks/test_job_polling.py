@@ -13,7 +13,7 @@ import pytest
 from airflow_provider_instructure.emulator import Emulator, EmulatorConfig
 from airflow_provider_instructure.emulator.server import EmulatorServer
 from airflow_provider_instructure.exceptions import DapJobTimeout
-from airflow_provider_instructure.hooks import instructure
+from airflow_provider_instructure.hooks import instructure_jobs
 from airflow_provider_instructure.hooks.dap_protocol import (
     DEFAULT_DEFER_AFTER,
     DEFAULT_TRIGGER_FIRST_DELAY,
@@ -93,7 +93,7 @@ def record_sleeps(monkeypatch: pytest.MonkeyPatch):
             if real:
                 time.sleep(seconds)
 
-        monkeypatch.setattr(instructure, "_sleep", sleep, raising=False)
+        monkeypatch.setattr(instructure_jobs, "_sleep", sleep)
         return waits
 
     return install

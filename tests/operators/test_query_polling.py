@@ -17,7 +17,7 @@ from airflow.sdk.exceptions import TaskDeferred
 from airflow_provider_instructure.emulator import Emulator, EmulatorConfig
 from airflow_provider_instructure.emulator.server import EmulatorServer
 from airflow_provider_instructure.exceptions import DapJobTimeout, InstructureConfigError
-from airflow_provider_instructure.hooks import instructure
+from airflow_provider_instructure.hooks import instructure_jobs
 from airflow_provider_instructure.hooks.instructure import InstructureHook, clear_token_caches
 from airflow_provider_instructure.operators.cd2 import CD2QueryOperator
 from airflow_provider_instructure.sensors.cd2 import CD2JobSensor
@@ -48,7 +48,7 @@ def worker_waits(monkeypatch: pytest.MonkeyPatch):
             if real:
                 time.sleep(seconds)
 
-        monkeypatch.setattr(instructure, "_sleep", sleep, raising=False)
+        monkeypatch.setattr(instructure_jobs, "_sleep", sleep)
         return waits
 
     return install
