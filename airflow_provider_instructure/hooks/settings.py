@@ -123,9 +123,7 @@ def base_url_of(conn_id: str, host: str | None, schema: str | None, port: int | 
         )
     effective = url_port if url_port is not None else field_port
     default = 443 if parts.scheme == "https" else 80
-    if parts.hostname.endswith(_INSTRUCTURE_HOST_SUFFIX) and (
-        parts.scheme != "https" or effective not in (None, 443)
-    ):
+    if parts.hostname.endswith(_INSTRUCTURE_HOST_SUFFIX) and (parts.scheme != "https" or effective not in (None, 443)):
         raise InstructureConfigError(
             f"Connection {conn_id!r}: Instructure's API gateway {parts.hostname} serves HTTPS on port 443 only, "
             f"but the connection says {parts.scheme}:// and port {effective}; set the API URL to "
