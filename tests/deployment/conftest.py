@@ -13,6 +13,7 @@ test failed, a process had to be killed, or ``E2E_KEEP_HOME`` is set.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import re
@@ -31,7 +32,7 @@ import requests
 
 from airflow_provider_instructure.emulator import Emulator
 from airflow_provider_instructure.emulator.config import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
-from airflow_provider_instructure.hooks import dap_protocol
+from airflow_provider_instructure.operators.cd2 import CD2QueryOperator
 from tests.conftest import unavailable
 from tests.deployment.deployment import AIRFLOW, PG, REPO, Deployment, DeploymentError, pg_connect, wait_for
 
@@ -42,7 +43,7 @@ CLOCK_START = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond
 #: Jobs of the first runs outlast the operators' checks in the worker (``defer_after``, 7 s) by 6 s, so
 #: that every deferrable task really defers even when a loaded machine delays its last check (a quicker
 #: job finishes in the worker, by design), and end before the trigger's first check (10 s after deferring).
-FIRST_RUN_JOB_SECONDS = getattr(dap_protocol, "DEFAULT_DEFER_AFTER", 0.0) + 6.0
+FIRST_RUN_JOB_SECONDS = float(inspect.signature(CD2QueryOperator.__init__).parameters["defer_after"].default) + 6.0
 EXAMPLE_DAGS = ["example_cd2_list_tables", "example_cd2_snapshot_to_files", "example_cd2_sync_to_database"]
 RETRY_DAG = "e2e_retry_resumes_job"
 DAGS_DIR = Path(__file__).resolve().parent / "dags"
