@@ -251,17 +251,7 @@ class StateStore:
         for row_id, ts, version, t_schema, t_table, description in rows:
             if not self.d.dap_target_matches(target, t_schema, t_table):
                 continue
-            return SyncState(
-                namespace=target.namespace,
-                table=target.source_table,
-                target=target.display,
-                watermark=ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc),
-                schema_version=int(version),
-                versioned_schema={"version": int(version), "schema": json.loads(description)},
-                origin=ORIGIN_DAP,
-                table_exists=table_exists,
-                dap_row_id=int(row_id),
-            )
+            return _dap_client_state(target, ts, version, description, row_id, ORIGIN_DAP, table_exists)
         return None
 
     def _dap_meta_schemas(self, cur: Any, target: Target) -> list[str]:
@@ -300,17 +290,8 @@ class StateStore:
                         f"{where}.{DAP_META_TABLE} describes {target.display} in format {fmt!r}, not json; "
                         "it cannot be continued: drop the table to start with a snapshot"
                     )
-                return SyncState(
-                    namespace=target.namespace,
-                    table=target.source_table,
-                    target=target.display,
-                    watermark=ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc),
-                    schema_version=int(version),
-                    versioned_schema={"version": int(version), "schema": json.loads(description)},
-                    origin=ORIGIN_DAP_META,
-                    table_exists=table_exists,
-                    dap_row_id=int(row_id),
-                    dap_meta_schema=where,
+                return _dap_client_state(
+                    target, ts, version, description, row_id, ORIGIN_DAP_META, table_exists, dap_meta_schema=where
                 )
         return None
 
@@ -423,3 +404,31 @@ class StateStore:
             f"WHERE {q('target_table')} = {self.d.param}",
             (target.table,),
         )
+
+
+def _dap_client_state(
+    target: Target,
+    timestamp: datetime,
+    version: Any,
+    description: str,
+    row_id: Any,
+    origin: str,
+    table_exists: bool,
+    **extra: Any,
+) -> SyncState:
+    """A state row of the official client (``table_sync`` or 0.3.x ``dap_meta``): its naive UTC timestamp,
+    schema version and schema description (the JSON schema without ``meta``)."""
+    return SyncState(
+        namespace=target.namespace,
+        table=target.source_table,
+        target=target.display,
+        watermark=timestamp.replace(tzinfo=timezone.utc)
+        if timestamp.tzinfo is None
+        else timestamp.astimezone(timezone.utc),
+        schema_version=int(version),
+        versioned_schema={"version": int(version), "schema": json.loads(description)},
+        origin=origin,
+        table_exists=table_exists,
+        dap_row_id=int(row_id),
+        **extra,
+    )
