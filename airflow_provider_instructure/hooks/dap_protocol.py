@@ -138,6 +138,17 @@ def login_error(status: int, content_type: str | None, text: str) -> DapApiError
         return error
     if isinstance(error, DapAccountError):
         return error
+    if status in (404, 405):
+        # Not a verdict on the credentials: nothing at <API URL>/ids/auth/login answers logins.
+        return DapCredentialsError(
+            f"No Identity Service answered at the API URL (HTTP {status} for {LOGIN_PATH}). Check the API URL "
+            "of the connection: it is the gateway's address without a path, e.g. https://api-gateway.instructure.com",
+            status=status,
+            error_type=error.error_type,
+            error_uuid=error.error_uuid,
+            error_message=error.error_message,
+            body=error.body,
+        )
     return DapCredentialsError(
         f"The Identity Service refused the credentials (HTTP {status}"
         f"{', ' + error.error_type if error.error_type else ''}: {error.error_message or 'no message'}). "

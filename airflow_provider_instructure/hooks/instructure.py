@@ -171,7 +171,8 @@ class InstructureHook(DapJobsMixin, BaseHook):
             conn = self.get_connection(self.instructure_conn_id)
         except AirflowNotFoundException:
             raise InstructureConfigError(
-                f"Connection {self.instructure_conn_id!r} is not defined; create an 'instructure' connection "
+                f"Connection {self.instructure_conn_id!r} is not defined (or Airflow could not parse it, e.g. a "
+                "non-numeric port); create an 'instructure' connection "
                 "(UI, CLI, or AIRFLOW_CONN_" + self.instructure_conn_id.upper() + " environment variable)"
             ) from None
         return read_settings(conn, self._overrides)
@@ -241,6 +242,12 @@ class InstructureHook(DapJobsMixin, BaseHook):
                         response.status_code, response.headers.get("Content-Type"), response.text
                     )
         except TRANSPORT_ERRORS as exc:
+            if isinstance(exc, requests.exceptions.SSLError):
+                raise DapConnectionError(
+                    f"TLS to the Identity Service at {settings.base_url} failed ({redact_url(str(exc))[:200]}); "
+                    f"if the server speaks plain HTTP (the local emulator), the API URL of connection "
+                    f"{settings.conn_id!r} must start with http://"
+                ) from None
             raise DapConnectionError(
                 f"Could not reach the Identity Service at {settings.base_url} after {settings.retry_limit} attempts "
                 f"({type(exc).__name__}); check the API URL of connection {settings.conn_id!r} and the network"
@@ -301,9 +308,7 @@ class InstructureHook(DapJobsMixin, BaseHook):
         try:
             body = self._json("GET", f"/dap/query/{ns}/table", what=f"List tables of {ns!r}", scoped=True)
         except DapNotFoundError as exc:
-            raise _with_message(
-                exc, f"Namespace {ns!r} does not exist in DAP (known namespaces: {', '.join(KNOWN_NAMESPACES)}). {exc}"
-            ) from None
+            raise _with_message(exc, _missing_namespace(ns, exc)) from None
         return sorted(str(t) for t in body.get("tables") or [])
 
     def get_table_schema(self, table: str, namespace: str | None = None) -> dict[str, Any]:
@@ -327,9 +332,7 @@ class InstructureHook(DapJobsMixin, BaseHook):
     def _explain_missing(self, exc: DapNotFoundError, namespace: str, table: str) -> DapNotFoundError:
         """Turn a 404 on a table into a message that lists the tables that do exist."""
         if exc.kind == "namespace":
-            return _with_message(
-                exc, f"Namespace {namespace!r} does not exist (known: {', '.join(KNOWN_NAMESPACES)}). {exc}"
-            )
+            return _with_message(exc, _missing_namespace(namespace, exc))
         try:
             tables = self.list_tables(namespace)
         except Exception:  # the listing is a courtesy; the original error is what matters
@@ -412,3 +415,9 @@ def _with_message(exc: DapApiError, message: str) -> Any:
         body=exc.body,
     )
     return clone
+
+
+def _missing_namespace(namespace: str, exc: DapApiError) -> str:
+    # DAP's own message may list the namespaces this key can see; a second, generic list would contradict it.
+    known = "" if "amespaces" in str(exc) else f" (namespaces DAP documents: {', '.join(KNOWN_NAMESPACES)})"
+    return f"Namespace {namespace!r} does not exist in DAP{known}. {exc}"

@@ -42,6 +42,8 @@ class RetryPolicy:
         self.log = log
 
     def retryable(self, exc: BaseException) -> bool:
+        if _is_tls_error(exc):  # a server that does not speak TLS (or a bad certificate) will not start to
+            return False
         return is_retryable(exc) or isinstance(exc, self.transport_errors)
 
     def tenacity_kwargs(self, what: str) -> dict[str, Any]:
@@ -85,3 +87,18 @@ class RetryPolicy:
             "before_sleep": before_sleep,
             "reraise": True,
         }
+
+
+def _is_tls_error(exc: BaseException) -> bool:
+    """A TLS handshake or certificate failure, from either transport (``requests.exceptions.SSLError``, or
+    ``ssl.SSLError`` under httpx's ``ConnectError``)."""
+    import ssl
+
+    seen: BaseException | None = exc
+    for _ in range(5):  # the cause chain is short; bound it anyway
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLError) or type(seen).__name__ == "SSLError":
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

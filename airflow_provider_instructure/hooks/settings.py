@@ -111,6 +111,10 @@ def base_url_of(conn_id: str, host: str | None, schema: str | None, port: int | 
         url_port = parts.port
     except ValueError:
         url_port = -1
+    if parts.scheme in ("http", "https") and host.count(":") > 2 and "[" not in host:
+        raise InstructureConfigError(
+            f"Connection {conn_id!r}: API URL {host!r}: write an IPv6 address in brackets, e.g. http://[::1]:8765"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname or url_port == -1:
         raise InstructureConfigError(
             f"Connection {conn_id!r}: API URL {host!r} is not an http(s) URL; set the host to e.g. {DEFAULT_API_URL}"
@@ -123,7 +127,10 @@ def base_url_of(conn_id: str, host: str | None, schema: str | None, port: int | 
         )
     effective = url_port if url_port is not None else field_port
     default = 443 if parts.scheme == "https" else 80
-    if parts.hostname.endswith(_INSTRUCTURE_HOST_SUFFIX) and (parts.scheme != "https" or effective not in (None, 443)):
+    # "api-gateway.instructure.com." (a fully qualified name) is the same host
+    if parts.hostname.rstrip(".").endswith(_INSTRUCTURE_HOST_SUFFIX) and (
+        parts.scheme != "https" or effective not in (None, 443)
+    ):
         raise InstructureConfigError(
             f"Connection {conn_id!r}: Instructure's API gateway {parts.hostname} serves HTTPS on port 443 only, "
             f"but the connection says {parts.scheme}:// and port {effective}; set the API URL to "

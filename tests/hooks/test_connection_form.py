@@ -168,3 +168,59 @@ def test_stale_or_conflicting_fields_are_refused_before_any_call(
 ) -> None:
     with pytest.raises(InstructureConfigError, match=says):
         base_url_of("c", host, schema, port)
+
+
+# -- found by a first-time user (issue 8 review) ------------------------------------------------
+
+
+def test_gateway_with_a_trailing_dot_is_still_the_gateway() -> None:
+    with pytest.raises(InstructureConfigError, match="serves HTTPS on port 443 only"):
+        base_url_of("c", "http://api-gateway.instructure.com.", None, 443)
+
+
+def test_bare_ipv6_address_asks_for_brackets() -> None:
+    with pytest.raises(InstructureConfigError, match=r"IPv6 address in brackets"):
+        base_url_of("c", "::1", None, 8765)
+    assert base_url_of("c", "[::1]", "http", 8765) == "http://[::1]:8765"
+
+
+def _hook_for(monkeypatch: pytest.MonkeyPatch, server: EmulatorServer, host: str) -> Any:
+    from airflow_provider_instructure.hooks.instructure import InstructureHook
+
+    conn = json.loads(server.connection_json())
+    conn["host"] = host
+    conn.pop("port")
+    monkeypatch.setenv("AIRFLOW_CONN_ODD_URL", json.dumps(conn))
+    return InstructureHook("odd_url", retry_delay=1.0)
+
+
+def test_api_url_with_a_path_blames_the_url_not_the_credentials(
+    dap_emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ok, message = _hook_for(monkeypatch, dap_emulator, f"{dap_emulator.url}/dap").test_connection()
+    assert not ok
+    assert "No Identity Service answered at the API URL" in message and "refused the credentials" not in message
+
+
+def test_https_to_a_plain_http_server_fails_at_once_with_a_hint(
+    dap_emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    hook = _hook_for(monkeypatch, dap_emulator, f"https://127.0.0.1:{dap_emulator.port}")
+    started = time.monotonic()
+    ok, message = hook.test_connection()
+    assert not ok and "must start with http://" in message, message
+    # no retries of a handshake that cannot succeed (6 attempts with 1 s back-off take well over 10 s)
+    assert time.monotonic() - started < 8
+
+
+def test_unknown_namespace_lists_only_what_dap_says(instructure_conn: EmulatorServer) -> None:
+    from airflow_provider_instructure.exceptions import DapNotFoundError
+    from airflow_provider_instructure.hooks.instructure import InstructureHook
+
+    with pytest.raises(DapNotFoundError) as info:
+        InstructureHook().list_tables("nosuch")
+    message = str(info.value)
+    assert "Namespace 'nosuch' does not exist in DAP" in message
+    assert message.count("canvas_logs") == 1, message
