@@ -44,7 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--clock-start", help="commit time of the initial rows (RFC 3339); default two days ago")
     parser.add_argument("--token-lifetime", type=float, default=3600.0, help="JWT lifetime in seconds")
-    parser.add_argument("--job-seconds", type=float, default=1.0, help="seconds a job spends waiting, then running")
+    parser.add_argument(
+        "--job-seconds",
+        type=float,
+        default=1.0,
+        help="seconds a job spends waiting, and as many again running (complete after twice this)",
+    )
     parser.add_argument("--parts", type=int, default=2, help="minimum gzip parts per result")
     parser.add_argument("--rows-per-part", type=int, default=100_000, help="maximum rows per part")
     parser.add_argument("--rate-limits", action="store_true", help="enforce the documented per-minute limits")

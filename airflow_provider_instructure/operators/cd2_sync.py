@@ -245,6 +245,7 @@ class CD2SyncTableOperator(CD2QueryOperator):
             "destination": destination,
             "bytes_downloaded": sum(f["size"] for f in files),
             "seconds": {**{k: round(v, 3) for k, v in phases.items()}, **result.to_dict()["seconds"]},
+            "no_data": False,  # the same keys on every result, as the no-data one has
         }
         if meta.get("fallback_reason"):
             summary["fallback_reason"] = meta["fallback_reason"]
@@ -332,6 +333,7 @@ class CD2SyncTableOperator(CD2QueryOperator):
             "continued_from_dap": bool(state is not None and state.from_dap_cli),
             "coerced_values": {},
             "oversized_values": {},
+            "skipped_deletes": 0,
             "namespace": meta["namespace"],
             "table": meta["table"],
             "job_id": meta["job_id"],

@@ -153,7 +153,8 @@ class TableReplicator:
             kind = d.table_kind(cur, t.schema, t.table)
             if kind not in (None, "table"):
                 raise ReplicationConfigError(
-                    f"{t.display} is a {kind}, not a table; choose another target_schema/table_prefix"
+                    f"{t.display} is a {kind}, not a table; choose another schema or table prefix "
+                    "(CD2SyncTableOperator's destination_schema / table_prefix)"
                 )
             exists = kind == "table"
             state = self._store.read(cur, t, table_exists=exists)
@@ -166,9 +167,10 @@ class TableReplicator:
             ):
                 raise ReplicationConfigError(
                     f"{t.display} exists but is not managed by this replicator (no row in {STATE_TABLE}) nor by "
-                    f"the dap client (no table_sync or dap_meta row); refusing to overwrite it. Drop or rename it, or "
-                    "choose "
-                    "another target_schema/table_prefix"
+                    f"the dap client (no table_sync or dap_meta row), and it is not the empty table a sync leaves "
+                    "when DAP had no data yet (that one has no rows and exactly the schema's columns); refusing to "
+                    "overwrite it. Drop or rename it, or choose another schema or table prefix "
+                    "(CD2SyncTableOperator's destination_schema / table_prefix)"
                 )
         self._ensure_state_table(probe=True)
         self._checked = True
