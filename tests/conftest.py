@@ -61,6 +61,20 @@ def _fresh_token_caches() -> Iterator[None]:
     clear_token_caches()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_secrets_masker() -> Iterator[None]:
+    """Each test masks its own secrets: Airflow's masker recompiles one regex of every secret it
+    has seen on each new one, so a session's worth of JWTs and URL signatures would slow every
+    later test (a real task process starts with an empty masker)."""
+    from airflow.sdk._shared.secrets_masker import _secrets_masker
+
+    masker = _secrets_masker()
+    patterns, replacer = set(masker.patterns), masker.replacer
+    yield
+    masker.patterns = patterns
+    masker.replacer = replacer
+
+
 @pytest.fixture
 def instructure_conn(dap_emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorServer]:
     """``instructure_default`` pointing at the shared emulator (no metadata DB involved)."""

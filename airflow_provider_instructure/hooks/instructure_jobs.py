@@ -216,7 +216,8 @@ class DapJobsMixin:
             for oid, entry in (body.get("urls") or {}).items():
                 url = entry.get("url") if isinstance(entry, dict) else entry
                 if isinstance(url, str):
-                    mask_secret(url)
+                    for secret in url_secrets(url):
+                        mask_secret(secret)
                     urls[oid] = url
         missing = [oid for oid in ids if oid not in urls]
         if missing:
@@ -310,3 +311,30 @@ def _seconds_until(timestamp: str | None) -> float:
         return parse_timestamp(timestamp, "expires_at").timestamp() - time.time()
     except ValueError:
         return 0.0
+
+
+#: Query parameters of pre-signed URLs (S3 SigV4/V2, GCS, Azure SAS) whose values are the secret part.
+_SIGNATURE_PARAMS = frozenset(
+    {"x-amz-signature", "x-amz-security-token", "signature", "x-goog-signature", "sig", "x-amz-credential"}
+)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The values of a pre-signed URL to hand to Airflow's secrets masker.
+
+    Only the signature-like query values, not the whole URL: the masker recompiles one regex of
+    every secret it knows on each new one, so registering whole URLs (hundreds of bytes each, a
+    new one per part) made masking quadratic in the number of parts a process downloads. The
+    rest of the URL (host, path, expiry) is not secret. A URL with none of the known parameters
+    has its whole query string masked.
+    """
+    from urllib.parse import unquote, urlsplit
+
+    query = urlsplit(url).query
+    values: list[str] = []
+    for pair in query.split("&"):
+        key, _, raw = pair.partition("=")
+        if raw and unquote(key).lower() in _SIGNATURE_PARAMS:
+            # as it stands in the URL, and decoded (a token's %2B/%2F/%3D), whichever a log shows
+            values.extend(dict.fromkeys([raw, unquote(raw)]))
+    return values or ([query] if query else [url])

@@ -296,3 +296,29 @@ def test_unreachable_file_server_error_hides_the_url_signature(
         hook.download_objects(job, tmp_path)
     assert "deadbeef0123456789" not in str(info.value) and "AKIAEXAMPLE" not in str(info.value)
     assert "X-Amz-Signature=***" in str(info.value)
+
+
+def test_only_the_secret_part_of_a_presigned_url_is_masked() -> None:
+    """Whole URLs in Airflow's masker made masking quadratic in the parts a process downloads."""
+    from airflow_provider_instructure.hooks.instructure_jobs import url_secrets
+
+    url = (
+        "https://bucket.s3.amazonaws.com/part-0.tsv.gz?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+        "&X-Amz-Credential=AKIA%2F20261130&X-Amz-Date=20261130T000000Z&X-Amz-Expires=900"
+        "&X-Amz-Security-Token=tok%2Ben%3D&X-Amz-Signature=0123abcd"
+    )
+    assert set(url_secrets(url)) == {"AKIA%2F20261130", "AKIA/20261130", "tok%2Ben%3D", "tok+en=", "0123abcd"}
+    assert url_secrets("https://files.example/x?token=t1") == ["token=t1"]  # unknown form: the whole query
+
+
+def test_presigned_url_signatures_are_masked_in_logs(server: EmulatorServer) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    from airflow.sdk.log import redact
+
+    hook = InstructureHook(**FAST)
+    job = run(hook, "users", "canvas", format="tsv")
+    for url in hook.get_object_urls([o["id"] for o in job["objects"]]).values():
+        signature = parse_qs(urlsplit(url).query)["X-Amz-Signature"][0]
+        shown = redact(f"GET {url}")
+        assert signature not in shown and "X-Amz-Signature=***" in shown
