@@ -197,7 +197,9 @@ class ValueTally:
             )
         for column, count in sorted(self.oversized.items()):
             log.warning(
-                "%s: column %s: %d oversized value(s) replaced upstream by the placeholder, e.g. key %s",
+                "%s: column %s: %d oversized value(s) replaced upstream by DAP's placeholder (stored as the "
+                "placeholder text in text columns, a JSON string in JSON columns, NULL in other typed columns), "
+                "e.g. key %s",
                 what,
                 column,
                 count,
