@@ -44,8 +44,13 @@ def control_router(emulator: Emulator) -> APIRouter:
     @router.patch("/config")
     async def patch_config(request: Request) -> JSONResponse:
         try:
-            emulator.config.update(await body(request))
-        except (ValueError, TypeError) as exc:
+            values = await body(request)
+            served = {f"{ns}.{t}" for ns, tables in emulator.dataset.tables.items() for t in tables}
+            unknown = sorted(set((values or {}).get("tables_without_data") or {}) - served)
+            if unknown:  # a typo would otherwise silently switch nothing
+                raise ValueError(f"tables_without_data names tables the emulator does not serve: {unknown}")
+            emulator.config.update(values)
+        except (ValueError, TypeError, AttributeError) as exc:
             return bad(exc)
         return JSONResponse(emulator.config.as_dict())
 

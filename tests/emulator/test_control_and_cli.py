@@ -54,6 +54,11 @@ def test_config_get_and_patch(serve: Serve) -> None:
     assert api.create_job("canvas", "users", {"format": "tsv"}).json()["status"] == "waiting"
     refused = control(server, "PATCH", "config", {"no_such_setting": 1})
     assert refused.status_code == 400 and "no_such_setting" in refused.json()["detail"]
+    # a typo in a table name would otherwise switch nothing, silently
+    typo = control(server, "PATCH", "config", {"tables_without_data": {"canvas.nosuch": "post"}})
+    assert typo.status_code == 400 and "canvas.nosuch" in typo.json()["detail"]
+    ok = control(server, "PATCH", "config", {"tables_without_data": {"canvas.users": "post"}})
+    assert ok.status_code == 200 and ok.json()["tables_without_data"] == {"canvas.users": "post"}
 
 
 def test_faults_route(serve: Serve) -> None:
