@@ -199,11 +199,27 @@ def load_part(dialect: MySQLLoader, cur: Any, table_sql: str, part: Part, job: L
                     with contextlib.suppress(Exception):  # a broken connection: the load's error matters
                         cur.execute("SET SESSION sql_mode = @dap_sql_mode")
         except Exception as exc:
-            raise _load_error(exc, part, job, fixer, readable) from exc
+            error = _load_error(exc, part, job, fixer, readable)
+            number = errno_of(exc)
+            if number is None or number < 1000 or 2000 <= number < 3000:  # client-side (-1: no server errno)
+                # A client-side failure inside the LOCAL INFILE exchange leaves the protocol out of step:
+                # the next statement (even the ping behind cursor()) waits for the read timeout. Close the
+                # socket instead; the server rolls the transaction back and drops the lock with it.
+                _drop(dialect.conn)
+            raise error from exc
         warnings = [w for w in dialect.fetch_all(cur, "SHOW WARNINGS LIMIT 5") if str(w[0]) != "Note"]
     if warnings:
         raise _warning_error(warnings, part, job, fixer, table_sql)
     return size
+
+
+def _drop(conn: Any) -> None:
+    for close in ("shutdown", "close"):  # mysql-connector: shutdown() closes without a COM_QUIT round trip
+        method = getattr(conn, close, None)
+        if method is not None:
+            with contextlib.suppress(Exception):
+                method()
+            return
 
 
 def _load_error(exc: BaseException, part: Part, job: LoadJob, fixer: ChunkFixer, path: Path) -> Exception:
