@@ -4,9 +4,9 @@ the driver's own cause (issue 8, finding 9)."""
 from __future__ import annotations
 
 import contextlib
-import time
 import gzip
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
