@@ -235,18 +235,15 @@ class CD2SyncTableOperator(CD2QueryOperator):
                 if workdir.is_dir():
                     # Kept for the retry, which resumes the same DAP job and reuses what checks out.
                     self.log.info("Keeping the downloaded parts of job %s in %s for a retry", meta["job_id"], workdir)
-        summary = {
-            **result.to_dict(),
-            "namespace": meta["namespace"],
-            "table": meta["table"],
-            "job_id": meta["job_id"],
-            "kind": meta["kind"],
-            "destination_conn_id": self.destination_conn_id,
-            "destination": destination,
-            "bytes_downloaded": sum(f["size"] for f in files),
-            "seconds": {**{k: round(v, 3) for k, v in phases.items()}, **result.to_dict()["seconds"]},
-            "no_data": False,  # the same keys on every result, as the no-data one has
-        }
+        record = result.to_dict()
+        summary = self._summary(
+            record,
+            meta,
+            destination,
+            bytes_downloaded=sum(f["size"] for f in files),
+            seconds={**{k: round(v, 3) for k, v in phases.items()}, **record["seconds"]},
+            no_data=False,
+        )
         if meta.get("fallback_reason"):
             summary["fallback_reason"] = meta["fallback_reason"]
         self.log.info(
@@ -317,7 +314,7 @@ class CD2SyncTableOperator(CD2QueryOperator):
             destination = self._destination_uri(replicator)
         finally:
             self._db.close()
-        return {
+        record = {
             "mode": meta["kind"],
             "target": replicator.target_name,
             "dialect": replicator.dialect,
@@ -329,21 +326,41 @@ class CD2SyncTableOperator(CD2QueryOperator):
             "bytes_read": 0,
             "bytes_loaded": 0,
             "files": 0,
+            "job_id": meta["job_id"],
             "schema_changes": [],
             "continued_from_dap": bool(state is not None and state.from_dap_cli),
             "coerced_values": {},
             "oversized_values": {},
             "skipped_deletes": 0,
+        }
+        return {
+            **self._summary(record, meta, destination, bytes_downloaded=0, seconds={}, no_data=True),
+            "no_data_reason": meta.get("no_data_reason"),
+        }
+
+    def _summary(
+        self,
+        record: dict[str, Any],
+        meta: dict[str, Any],
+        destination: Any,
+        *,
+        bytes_downloaded: int,
+        seconds: dict[str, float],
+        no_data: bool,
+    ) -> dict[str, Any]:
+        """The XCom of a sync: the replication record plus what the operator knows (one set of keys
+        whether DAP had data or not)."""
+        return {
+            **record,
             "namespace": meta["namespace"],
             "table": meta["table"],
             "job_id": meta["job_id"],
             "kind": meta["kind"],
             "destination_conn_id": self.destination_conn_id,
             "destination": destination,
-            "bytes_downloaded": 0,
-            "seconds": {},
-            "no_data": True,
-            "no_data_reason": meta.get("no_data_reason"),
+            "bytes_downloaded": bytes_downloaded,
+            "seconds": seconds,
+            "no_data": no_data,
         }
 
     def _apply(self, replicator: TableReplicator, meta: dict[str, Any], parts: Path, schema: dict[str, Any]) -> Any:

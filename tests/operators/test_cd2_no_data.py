@@ -106,6 +106,7 @@ def test_snapshot_without_data_creates_the_table_empty_and_the_next_run_snapshot
     no_data(server, "courses", None)
     later = sync("courses")
     assert later["mode"] == "snapshot" and later["rows_inserted"] == 15 and later["no_data"] is False
+    assert set(result) - {"no_data_reason"} == set(later)  # one set of keys, data or not
     replica_equals_emulator(warehouse, server, "canvas", "courses", later)
 
 
