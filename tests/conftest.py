@@ -88,3 +88,27 @@ def airflow_db() -> None:
     from airflow.utils.db import resetdb
 
     resetdb()
+
+
+@pytest.fixture
+def poll_waits(monkeypatch: pytest.MonkeyPatch):
+    """Record the hook's job-poll waits (worker side). ``real=True`` also sleeps them, for
+    time-driven jobs; a wait above 5 s fails at once: the fixed 30 s polling the adaptive schedule
+    replaced would otherwise just be slow."""
+    import time
+
+    from airflow_provider_instructure.hooks import instructure_jobs
+
+    def install(real: bool) -> list[float]:
+        waits: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            waits.append(round(seconds, 3))
+            assert seconds <= 5, f"a {seconds} s wait in the worker: polling is not adaptive"
+            if real:
+                time.sleep(seconds)
+
+        monkeypatch.setattr(instructure_jobs, "_sleep", sleep)
+        return waits
+
+    return install

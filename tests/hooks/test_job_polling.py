@@ -13,7 +13,6 @@ import pytest
 from airflow_provider_instructure.emulator import Emulator, EmulatorConfig
 from airflow_provider_instructure.emulator.server import EmulatorServer
 from airflow_provider_instructure.exceptions import DapJobTimeout
-from airflow_provider_instructure.hooks import instructure_jobs
 from airflow_provider_instructure.hooks.dap_protocol import (
     DEFAULT_DEFER_AFTER,
     DEFAULT_TRIGGER_FIRST_DELAY,
@@ -77,28 +76,6 @@ def test_documented_defaults() -> None:
 # -- the hook against the emulator ------------------------------------------------------------------
 
 
-@pytest.fixture
-def record_sleeps(monkeypatch: pytest.MonkeyPatch):
-    """Record the hook's poll waits; ``real=True`` also sleeps them (for time-driven jobs).
-
-    A wait above 5 s fails at once: the fixed 30 s polling this replaces would otherwise just be slow.
-    """
-
-    def install(real: bool) -> list[float]:
-        waits: list[float] = []
-
-        def sleep(seconds: float) -> None:
-            waits.append(round(seconds, 3))
-            assert seconds <= 5, f"a {seconds} s wait: polling is not adaptive"
-            if real:
-                time.sleep(seconds)
-
-        monkeypatch.setattr(instructure_jobs, "_sleep", sleep)
-        return waits
-
-    return install
-
-
 def server_with(dap_emulator_factory, monkeypatch: pytest.MonkeyPatch, **config) -> EmulatorServer:
     srv = dap_emulator_factory(emulator=Emulator(EmulatorConfig(**config), rows=5))
     monkeypatch.setenv("AIRFLOW_CONN_INSTRUCTURE_DEFAULT", srv.connection_json())
@@ -106,11 +83,11 @@ def server_with(dap_emulator_factory, monkeypatch: pytest.MonkeyPatch, **config)
 
 
 def test_a_two_second_job_is_returned_in_seconds_not_after_poll_interval(
-    dap_emulator_factory, monkeypatch: pytest.MonkeyPatch, record_sleeps
+    dap_emulator_factory, monkeypatch: pytest.MonkeyPatch, poll_waits
 ) -> None:
     """Finding 12: with fixed 30 s polling a job done in 2 s cost 30 s."""
     server = server_with(dap_emulator_factory, monkeypatch, job_waiting_seconds=0.5, job_running_seconds=1.5)
-    waits = record_sleeps(real=True)
+    waits = poll_waits(real=True)
     hook = InstructureHook()
     job = hook.start_query("users")
     assert job["status"] == "waiting"
@@ -123,10 +100,10 @@ def test_a_two_second_job_is_returned_in_seconds_not_after_poll_interval(
 
 
 def test_poll_job_for_a_few_seconds_returns_the_running_job(
-    dap_emulator_factory, monkeypatch: pytest.MonkeyPatch, record_sleeps
+    dap_emulator_factory, monkeypatch: pytest.MonkeyPatch, poll_waits
 ) -> None:
     server = server_with(dap_emulator_factory, monkeypatch, job_running_seconds=3600)
-    waits = record_sleeps(real=False)
+    waits = poll_waits(real=False)
     hook = InstructureHook()
     job = hook.start_query("users")
     schedule = PollSchedule(maximum=30)
@@ -139,10 +116,10 @@ def test_poll_job_for_a_few_seconds_returns_the_running_job(
 
 
 def test_wait_for_job_honours_the_timeout_exactly(
-    dap_emulator_factory, monkeypatch: pytest.MonkeyPatch, record_sleeps
+    dap_emulator_factory, monkeypatch: pytest.MonkeyPatch, poll_waits
 ) -> None:
     server_with(dap_emulator_factory, monkeypatch, job_running_seconds=3600)
-    waits = record_sleeps(real=True)
+    waits = poll_waits(real=True)
     hook = InstructureHook()
     job = hook.start_query("users")
     started = time.monotonic()

@@ -17,7 +17,6 @@ from airflow.sdk.exceptions import TaskDeferred
 from airflow_provider_instructure.emulator import Emulator, EmulatorConfig
 from airflow_provider_instructure.emulator.server import EmulatorServer
 from airflow_provider_instructure.exceptions import DapJobTimeout, InstructureConfigError
-from airflow_provider_instructure.hooks import instructure_jobs
 from airflow_provider_instructure.hooks.instructure import InstructureHook, clear_token_caches
 from airflow_provider_instructure.operators.cd2 import CD2QueryOperator
 from airflow_provider_instructure.sensors.cd2 import CD2JobSensor
@@ -32,26 +31,6 @@ def server(dap_emulator_factory, monkeypatch: pytest.MonkeyPatch) -> EmulatorSer
     )
     monkeypatch.setenv("AIRFLOW_CONN_INSTRUCTURE_DEFAULT", srv.connection_json(retry_delay=0.01))
     return srv
-
-
-@pytest.fixture
-def worker_waits(monkeypatch: pytest.MonkeyPatch):
-    """Record the worker's poll waits. ``real=True`` sleeps them too (time-driven jobs need it);
-    a wait above 5 s fails at once instead of making the test slow."""
-
-    def install(real: bool) -> list[float]:
-        waits: list[float] = []
-
-        def sleep(seconds: float) -> None:
-            waits.append(round(seconds, 3))
-            assert seconds <= 5, f"a {seconds} s wait in the worker: polling is not adaptive"
-            if real:
-                time.sleep(seconds)
-
-        monkeypatch.setattr(instructure_jobs, "_sleep", sleep)
-        return waits
-
-    return install
 
 
 def run_trigger(deferred: TaskDeferred, server: EmulatorServer, monkeypatch, complete_after: int) -> tuple:
@@ -81,10 +60,10 @@ def run_trigger(deferred: TaskDeferred, server: EmulatorServer, monkeypatch, com
 
 @pytest.mark.parametrize("deferrable", [True, False])
 def test_a_quick_job_finishes_in_the_worker_within_seconds(
-    server: EmulatorServer, worker_waits, deferrable: bool
+    server: EmulatorServer, poll_waits, deferrable: bool
 ) -> None:
     """Finding 12: a 2 s job used to cost the whole 30 s poll_interval (or a deferral)."""
-    waits = worker_waits(real=True)
+    waits = poll_waits(real=True)
     started = time.monotonic()
     meta = CD2QueryOperator(task_id="q", table="users", deferrable=deferrable, poll_interval=30).execute({})
     assert meta["kind"] == "snapshot" and meta["objects"]  # no TaskDeferred
@@ -94,10 +73,10 @@ def test_a_quick_job_finishes_in_the_worker_within_seconds(
 
 
 def test_a_slow_job_defers_and_the_trigger_continues_the_schedule(
-    server: EmulatorServer, worker_waits, monkeypatch: pytest.MonkeyPatch
+    server: EmulatorServer, poll_waits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server.emulator.config.job_running_seconds = 3600
-    waits = worker_waits(real=False)
+    waits = poll_waits(real=False)
     op = CD2QueryOperator(task_id="q", table="users", deferrable=True, poll_interval=30)
     with pytest.raises(TaskDeferred) as info:
         op.execute({})
@@ -116,10 +95,10 @@ def test_a_slow_job_defers_and_the_trigger_continues_the_schedule(
 
 
 def test_defer_after_and_trigger_first_delay_are_settings(
-    server: EmulatorServer, worker_waits, monkeypatch: pytest.MonkeyPatch
+    server: EmulatorServer, poll_waits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server.emulator.config.job_running_seconds = 3600
-    waits = worker_waits(real=False)
+    waits = poll_waits(real=False)
     op = CD2QueryOperator(
         task_id="q", table="users", deferrable=True, poll_interval="60", defer_after="0", trigger_first_delay="5"
     )  # templated fields arrive as strings
@@ -136,9 +115,9 @@ def test_defer_after_and_trigger_first_delay_are_settings(
         CD2QueryOperator(task_id="q", table="users", poll_interval=0).execute({})
 
 
-def test_job_timeout_counts_in_the_worker_and_carries_into_the_trigger(server: EmulatorServer, worker_waits) -> None:
+def test_job_timeout_counts_in_the_worker_and_carries_into_the_trigger(server: EmulatorServer, poll_waits) -> None:
     server.emulator.config.job_running_seconds = 3600
-    waits = worker_waits(real=True)
+    waits = poll_waits(real=True)
     with pytest.raises(DapJobTimeout):  # the deadline comes before defer_after runs out
         CD2QueryOperator(task_id="q", table="users", deferrable=True, poll_interval=0.2, job_timeout=0.5).execute({})
     assert waits[:2] == [0.2, 0.2] and sum(waits) <= 0.55
@@ -153,14 +132,14 @@ def test_job_timeout_counts_in_the_worker_and_carries_into_the_trigger(server: E
 
 
 def test_sensor_quick_job_in_the_worker_slow_job_deferred(
-    server: EmulatorServer, worker_waits, monkeypatch: pytest.MonkeyPatch
+    server: EmulatorServer, poll_waits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    waits = worker_waits(real=True)
+    waits = poll_waits(real=True)
     job = InstructureHook().start_query("users")
     done = CD2JobSensor(task_id="s", job_id=job["id"], deferrable=True, poke_interval=60).execute({})
     assert done["status"] == "complete" and waits == [1.0, 2.0]
     server.emulator.config.job_running_seconds = 3600
-    waits = worker_waits(real=False)
+    waits = poll_waits(real=False)
     slow = InstructureHook().start_query("courses")
     sensor = CD2JobSensor(task_id="s", job_id=slow["id"], deferrable=True, poke_interval=60, timeout=600)
     with pytest.raises(TaskDeferred) as info:
