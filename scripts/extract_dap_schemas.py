@@ -5,6 +5,8 @@ serves a *wrapped* schema (``meta``/``key``/``value``) that the official client 
 strictly, so this script rewrites each chosen table into that wire shape and keeps only
 the JSON-Schema keywords the official client accepts (dap-api.md section 8.1).
 
+The tables are chosen by rule, not by hand: see :func:`select_tables`.
+
 Usage (dev only; PyYAML is needed here and nowhere else)::
 
     python scripts/extract_dap_schemas.py ../shared/docs/reference/dap-openapi-0.9.0.yaml
@@ -19,29 +21,46 @@ from typing import Any
 
 import yaml
 
-#: Tables served by the emulator, per namespace. Chosen to cover every column type the
-#: reference schemas use: int16/int32/int64, float64, decimal, boolean, date, date-time,
-#: enums (string and integer), uuid, ipv4/ipv6 via $ref, arrays, nested objects and the
-#: oversized-value placeholder.
-TABLES: dict[str, list[str]] = {
-    "canvas": [
-        "accounts",
-        "assignment_groups",
-        "assignments",
-        "calendar_events",
-        "course_sections",
-        "courses",
-        "enrollment_terms",
-        "enrollments",
-        "late_policies",
-        "learning_outcomes",
-        "pseudonyms",
-        "scores",
-        "submissions",
-        "users",
-    ],
-    "canvas_logs": ["web_logs"],
+#: The ``x-tagGroups`` of the OpenAPI document that hold tables, and the DAP namespace that
+#: serves each (dap-api.md section 12.1: ``canvas_logs`` carries the log tables).
+TABLE_GROUPS: dict[str, str] = {
+    "Canvas tables": "canvas",
+    "Canvas tables not exposed": "canvas",
+    "Log tables": "canvas_logs",
 }
+
+#: How the document says a table has no data of its own: the title of each of the 23
+#: "Canvas tables not exposed" starts with this (they exist only as foreign-key targets).
+NOT_EXPOSED_TITLE = "Data in this table is not exposed"
+
+#: Tables the document describes whose data DAP does not serve yet. ``canvas_logs`` lists only
+#: ``web_logs`` (dap-api.md section 12.1), and ``web_logs.user_agent_id``'s description says
+#: user agents "will be available in the user_agent table once exposed". Empty this to serve it.
+NOT_YET_EXPOSED: frozenset[str] = frozenset({"canvas_logs.user_agents"})
+
+
+def select_tables(document: dict[str, Any]) -> dict[str, list[str]]:
+    """The tables the emulator serves, per namespace, in the document's order.
+
+    Every tag of a table group whose component schema exists, minus the tables whose title
+    says their data is not exposed, the nested column schemas (``x__y``, the "Auxiliary types"
+    group, never listed here but excluded by name too) and :data:`NOT_YET_EXPOSED`.
+    """
+    components = document["components"]["schemas"]
+    out: dict[str, list[str]] = {}
+    for group in document.get("x-tagGroups", []):
+        namespace = TABLE_GROUPS.get(group["name"])
+        if namespace is None:
+            continue
+        for table in group["tags"]:
+            flat = components.get(table)
+            if flat is None or "__" in table or f"{namespace}.{table}" in NOT_YET_EXPOSED:
+                continue
+            if str(flat.get("title", "")).startswith(NOT_EXPOSED_TITLE):
+                continue
+            out.setdefault(namespace, []).append(table)
+    return out
+
 
 ALLOWED = {
     "title", "description", "type", "format", "const", "default", "examples",
@@ -88,7 +107,11 @@ def wrap(table: str, flat: dict[str, Any], components: dict[str, Any]) -> dict[s
     refs: set[str] = set()
     props = {name: _clean(sub, refs) for name, sub in flat["properties"].items()}
     required = list(flat.get("required", []))
-    key_name = "id"
+    # The first column is the primary key (dap-api.md section 12.3): ``id`` everywhere except
+    # ``enrollment_states``, keyed by ``enrollment_id``.
+    key_name = next(iter(flat["properties"]))
+    if key_name not in required:
+        raise ValueError(f"{table}: first column {key_name!r} is not required, so it cannot be the key")
     key_props = {key_name: props.pop(key_name)}
     value_required = [name for name in required if name != key_name]
     schema: dict[str, Any] = {
@@ -123,7 +146,7 @@ def main(source: str) -> None:
     components = document["components"]["schemas"]
     target = Path(__file__).resolve().parent.parent / "airflow_provider_instructure" / "emulator" / "schemas"
     target.mkdir(parents=True, exist_ok=True)
-    for namespace, tables in TABLES.items():
+    for namespace, tables in select_tables(document).items():
         wrapped = {table: wrap(table, components[table], components) for table in tables}
         path = target / f"{namespace}.json"
         path.write_text(json.dumps(wrapped, indent=1, sort_keys=False) + "\n", encoding="utf-8")

@@ -9,6 +9,7 @@ from datetime import datetime
 
 from airflow_provider_instructure.emulator.config import EmulatorConfig
 from airflow_provider_instructure.emulator.core import Emulator
+from airflow_provider_instructure.emulator.dataset import CATALOGS, EXTRA_TABLE_ROWS
 from airflow_provider_instructure.emulator.server import EmulatorServer
 
 
@@ -42,6 +43,19 @@ def main(argv: list[str] | None = None) -> int:
         default=["200"],
         help="rows per table: N, or TABLE=N pairs (e.g. canvas.users=1000000 *=100)",
     )
+    parser.add_argument(
+        "--catalog",
+        choices=CATALOGS,
+        default="full",
+        help="tables to serve: full (every exposed DAP table, default) or core (the original 15)",
+    )
+    parser.add_argument(
+        "--extra-rows",
+        type=int,
+        default=EXTRA_TABLE_ROWS,
+        help=f"rows of each table outside the core 15 unless --rows names it (default {EXTRA_TABLE_ROWS}; "
+        "-1: --rows applies to all tables)",
+    )
     parser.add_argument("--clock-start", help="commit time of the initial rows (RFC 3339); default two days ago")
     parser.add_argument("--token-lifetime", type=float, default=3600.0, help="JWT lifetime in seconds")
     parser.add_argument(
@@ -52,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--parts", type=int, default=2, help="minimum gzip parts per result")
     parser.add_argument("--rows-per-part", type=int, default=100_000, help="maximum rows per part")
+    parser.add_argument(
+        "--download-bandwidth",
+        type=float,
+        default=0.0,
+        metavar="BYTES_PER_S",
+        help="cap each download connection at this many bytes/s, like one S3 object stream (0: unlimited)",
+    )
     parser.add_argument("--rate-limits", action="store_true", help="enforce the documented per-minute limits")
     parser.add_argument(
         "--quirks",
@@ -69,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         job_running_seconds=args.job_seconds,
         parts=args.parts,
         rows_per_part=args.rows_per_part,
+        download_bandwidth=args.download_bandwidth,
     )
     if args.rate_limits:
         config.enable_rate_limits()
@@ -77,7 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(f"--quirks: {exc}")
     clock_start = datetime.fromisoformat(args.clock_start.replace("Z", "+00:00")) if args.clock_start else None
-    emulator = Emulator(config, seed=args.seed, rows=_rows(args.rows), clock_start=clock_start)
+    emulator = Emulator(
+        config,
+        seed=args.seed,
+        rows=_rows(args.rows),
+        clock_start=clock_start,
+        catalog=args.catalog,
+        extra_rows=None if args.extra_rows < 0 else args.extra_rows,
+    )
     server = EmulatorServer(emulator, host=args.host, port=args.port, log_level=args.log_level)
     print(f"DAP emulator listening on {server.url}", flush=True)
     print(f"  ClientID: {server.client_id}", flush=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider_instructure.emulator.config import ROUTES, EmulatorConfig
-from airflow_provider_instructure.emulator.dataset import Dataset
+from airflow_provider_instructure.emulator.dataset import EXTRA_TABLE_ROWS, Dataset
 from airflow_provider_instructure.emulator.faults import FaultPlan
 from airflow_provider_instructure.emulator.jobs import JobStore, expected_rows
 from airflow_provider_instructure.emulator.ratelimit import RateLimiter
@@ -68,6 +68,10 @@ class Emulator:
     :param rows: initial rows per table (an int, or a mapping, see :class:`Dataset`).
     :param clock_start: commit time of the initial rows.
     :param workdir: where result files are written (a temporary directory by default).
+    :param catalog: ``"full"`` (every exposed DAP table, default) or ``"core"`` (the original
+        15); see :data:`~airflow_provider_instructure.emulator.dataset.CATALOGS`.
+    :param extra_rows: cap on the initial rows of tables outside the core 15 that ``rows`` does
+        not name (see :class:`Dataset`); ``None`` lifts it.
     """
 
     def __init__(
@@ -78,9 +82,18 @@ class Emulator:
         rows: int | dict[str, int] = 50,
         clock_start: datetime | None = None,
         workdir: Path | None = None,
+        catalog: str = "full",
+        extra_rows: int | None = EXTRA_TABLE_ROWS,
     ) -> None:
         self.config = config or EmulatorConfig()
-        self.dataset = Dataset(seed=seed, rows=rows, clock_start=clock_start, quirks=lambda: self.config.quirks)
+        self.dataset = Dataset(
+            seed=seed,
+            rows=rows,
+            clock_start=clock_start,
+            quirks=lambda: self.config.quirks,
+            catalog=catalog,
+            extra_rows=extra_rows,
+        )
         self.jobs = JobStore(self.dataset, self.config, workdir)
         self.faults = FaultPlan()
         self.limiter = RateLimiter()

@@ -23,13 +23,56 @@ from airflow_provider_instructure.emulator.generator import RowFactory
 
 DELETED = None
 
+#: The emulator's original 15 tables, chosen to cover every column type the reference schemas
+#: use (int16/32/64, float, decimal, boolean, date, date-time, string and integer enums, uuid,
+#: ipv4/6, arrays, nested objects, the oversized placeholder). ``catalog="core"`` serves only
+#: these; they keep the full row counts under ``catalog="full"`` too.
+CORE_TABLES: frozenset[str] = frozenset(
+    {
+        "canvas.accounts",
+        "canvas.assignment_groups",
+        "canvas.assignments",
+        "canvas.calendar_events",
+        "canvas.course_sections",
+        "canvas.courses",
+        "canvas.enrollment_terms",
+        "canvas.enrollments",
+        "canvas.late_policies",
+        "canvas.learning_outcomes",
+        "canvas.pseudonyms",
+        "canvas.scores",
+        "canvas.submissions",
+        "canvas.users",
+        "canvas_logs.web_logs",
+    }
+)
 
-def load_bundled_schemas() -> dict[str, dict[str, dict[str, Any]]]:
-    """The versioned schemas shipped with the emulator, as ``{namespace: {table: schema}}``."""
+#: ``"full"``: every table of the DAP OpenAPI 0.9.0 document whose data DAP exposes (90 in
+#: ``canvas``, ``web_logs`` in ``canvas_logs``; scripts/extract_dap_schemas.py derives the list).
+#: ``"core"``: :data:`CORE_TABLES` only.
+CATALOGS = ("full", "core")
+
+#: Initial rows of a table outside :data:`CORE_TABLES` unless ``rows`` names it: few, so the
+#: 76 extra tables cost little time in a demo or a test.
+EXTRA_TABLE_ROWS = 10
+
+
+def load_bundled_schemas(catalog: str = "full") -> dict[str, dict[str, dict[str, Any]]]:
+    """The versioned schemas shipped with the emulator, as ``{namespace: {table: schema}}``.
+
+    :param catalog: ``"full"`` or ``"core"`` (:data:`CATALOGS`).
+    :raises ValueError: for an unknown catalog.
+    """
+    if catalog not in CATALOGS:
+        raise ValueError(f"catalog must be one of {CATALOGS}, got {catalog!r}")
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for entry in resources.files("airflow_provider_instructure.emulator.schemas").iterdir():
         if entry.name.endswith(".json"):
-            out[entry.name[: -len(".json")]] = json.loads(entry.read_text(encoding="utf-8"))
+            namespace = entry.name[: -len(".json")]
+            tables = json.loads(entry.read_text(encoding="utf-8"))
+            if catalog == "core":
+                tables = {name: s for name, s in tables.items() if f"{namespace}.{name}" in CORE_TABLES}
+            out[namespace] = tables
     return out
 
 
@@ -227,7 +270,13 @@ class Dataset:
         ``"namespace.table"`` (or a bare table name) to a count; ``"*"`` sets the default.
     :param clock_start: commit time of the initial rows. Defaults to the start of the
         current hour two days ago, so ``at``/``until`` look like real DAP watermarks.
-    :param schemas: ``{namespace: {table: versioned schema}}``; the bundled ones by default.
+    :param schemas: ``{namespace: {table: versioned schema}}``; the bundled ones of ``catalog``
+        by default.
+    :param catalog: which bundled tables to serve when ``schemas`` is not given: ``"full"``
+        (every exposed DAP table, the default) or ``"core"`` (:data:`CORE_TABLES`).
+    :param extra_rows: initial rows of each table outside :data:`CORE_TABLES` that ``rows``
+        does not name explicitly (``"namespace.table"`` or bare name): the smaller of this and
+        what ``rows`` gives. ``None`` applies ``rows`` to every table alike.
     :param retention: per ``"namespace.table"`` retention of incremental history.
     :param quirks: returns the value quirks to apply (:mod:`.quirks`); read whenever a row is
         generated, so changing them affects the next job.
@@ -241,6 +290,8 @@ class Dataset:
         schemas: dict[str, dict[str, dict[str, Any]]] | None = None,
         retention: dict[str, timedelta] | None = None,
         quirks: Callable[[], Mapping[str, float]] | None = None,
+        catalog: str = "full",
+        extra_rows: int | None = EXTRA_TABLE_ROWS,
     ) -> None:
         if clock_start is None:
             now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
@@ -253,12 +304,12 @@ class Dataset:
         self._rnd = random.Random(seed)
         retention = {"canvas_logs.web_logs": timedelta(days=30)} if retention is None else retention
         self.tables: dict[str, dict[str, Table]] = {}
-        for namespace, tables in (schemas or load_bundled_schemas()).items():
+        for namespace, tables in (schemas or load_bundled_schemas(catalog)).items():
             for name, versioned in sorted(tables.items()):
                 self.tables.setdefault(namespace, {})[name] = Table(
                     namespace=namespace,
                     name=name,
-                    initial_rows=_row_count(rows, namespace, name),
+                    initial_rows=_row_count(rows, namespace, name, extra_rows),
                     base_ts=clock_start,
                     seed=seed,
                     revisions=[SchemaRevision(clock_start, versioned, parse_table_schema(versioned))],
@@ -347,13 +398,15 @@ class Dataset:
         return out
 
 
-def _row_count(rows: int | dict[str, int], namespace: str, table: str) -> int:
+def _row_count(rows: int | dict[str, int], namespace: str, table: str, extra_rows: int | None) -> int:
+    named = not isinstance(rows, int) and (f"{namespace}.{table}" in rows or table in rows)
     if isinstance(rows, int):
-        return rows
-    for key in (f"{namespace}.{table}", table, "*"):
-        if key in rows:
-            return int(rows[key])
-    return 50
+        count = rows
+    else:
+        count = next((int(rows[key]) for key in (f"{namespace}.{table}", table, "*") if key in rows), 50)
+    if extra_rows is not None and not named and f"{namespace}.{table}" not in CORE_TABLES:
+        count = min(count, extra_rows)
+    return count
 
 
 def _amount(amount: int | float, live: int) -> int:
