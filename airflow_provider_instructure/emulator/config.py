@@ -57,6 +57,9 @@ class EmulatorConfig:
         fraction (0 to 1) of eligible cells or delete records that get it: out-of-range
         timestamps, the oversized placeholder in text/JSON/typed columns, empty fields in
         typed columns and in deletes (:mod:`.quirks` lists them). Off (empty) by default.
+    :param download_bandwidth: bytes per second each download connection may stream, like
+        one S3 object stream (which is far slower than a local disk); 0 means unlimited (the
+        default). Applies to downloads that start after the change.
     """
 
     clients: dict[str, str] = field(default_factory=lambda: {DEMO_CLIENT_ID: DEMO_CLIENT_SECRET})
@@ -74,6 +77,7 @@ class EmulatorConfig:
     rate_limits: dict[str, tuple[int, float]] = field(default_factory=dict)
     tables_without_data: dict[str, str] = field(default_factory=dict)
     quirks: dict[str, float] = field(default_factory=dict)
+    download_bandwidth: float = 0.0
 
     def enable_rate_limits(self, scale: float = 1.0) -> None:
         """Turn on the documented per-endpoint limits; ``scale`` shrinks the 60 s window.
@@ -102,6 +106,10 @@ class EmulatorConfig:
                     )
             if name == "quirks":
                 value = check_quirks(value)
+            if name == "download_bandwidth":
+                value = float(value)
+                if value < 0:
+                    raise ValueError(f"download_bandwidth is bytes per second (0: unlimited), got {value}")
             setattr(self, name, value)
 
     def as_dict(self) -> dict[str, Any]:
