@@ -35,7 +35,14 @@ def control_router(emulator: Emulator) -> APIRouter:
 
     @router.get("/stats")
     async def stats() -> JSONResponse:
-        return JSONResponse({"calls": emulator.stats.snapshot(), "jobs_created": emulator.jobs.created_count})
+        return JSONResponse(
+            {
+                "calls": emulator.stats.snapshot(),
+                "jobs_created": emulator.jobs.created_count,
+                # 429 answers of the rate limits per route (injected 429 faults not included).
+                "rate_limited": emulator.limiter.rejected_counts(),
+            }
+        )
 
     @router.get("/config")
     async def get_config() -> JSONResponse:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 
 
 class RateLimiter:
@@ -14,6 +14,8 @@ class RateLimiter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._calls: dict[str, deque[float]] = {}
+        #: 429 answers given per route (what a benchmark or deployment test reads back).
+        self.rejected: Counter[str] = Counter()
 
     def check(self, route: str, limit: tuple[int, float] | None) -> int | None:
         """Record a call; return ``None`` if allowed, else the seconds to put in ``Retry-After``."""
@@ -26,10 +28,17 @@ class RateLimiter:
             while history and history[0] <= now - window:
                 history.popleft()
             if len(history) >= calls:
+                self.rejected[route] += 1
                 return max(1, math.ceil(history[0] + window - now))
             history.append(now)
             return None
 
+    def rejected_counts(self) -> dict[str, int]:
+        """429 answers per route since the start or the last :meth:`reset`."""
+        with self._lock:
+            return dict(self.rejected)
+
     def reset(self) -> None:
         with self._lock:
             self._calls.clear()
+            self.rejected.clear()

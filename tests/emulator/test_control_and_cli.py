@@ -127,10 +127,12 @@ def test_rate_limits_and_reset_routes(serve: Serve) -> None:
     assert limits["create_job"] == [5, 30.0] and limits["list_tables"] == [5, 30.0]
     codes = [api.get("/dap/query/canvas/table").status_code for _ in range(6)]
     assert codes[-1] == 429
+    assert control(server, "GET", "stats").json()["rate_limited"] == {"list_tables": codes.count(429)}
     control(server, "POST", "faults", {"route": "get_schema", "kind": "500"})
     assert control(server, "POST", "reset").json() == {"ok": True}
     stats = control(server, "GET", "stats").json()["calls"]
     assert all(count == 0 for count in stats.values())
+    assert control(server, "GET", "stats").json()["rate_limited"] == {}
     assert api.get("/dap/query/canvas/table/users/schema").status_code == 200  # fault cleared
     assert api.get("/dap/query/canvas/table").status_code == 200  # window history cleared
     assert control(server, "POST", "rate-limits", {"enabled": False}).json() == {"rate_limits": {}}
