@@ -13,35 +13,37 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_provider_instructure.dap_schema import parse_table_schema
+from airflow_provider_instructure.dap_schema import TableSchema
 from airflow_provider_instructure.replication.dialects.base import Dialect, Target
 
 
-def is_empty_replica(dialect: Dialect, cur: Any, target: Target, versioned_schema: dict[str, Any]) -> bool:
-    """Whether ``target`` holds no row and has exactly the columns of ``versioned_schema``.
+def is_empty_replica(dialect: Dialect, cur: Any, target: Target, schema: TableSchema) -> bool:
+    """Whether ``target`` holds no row and has exactly the columns of ``schema``.
 
     Such a table is what :func:`create_empty_table` leaves (or an equally empty one): a
     snapshot may replace it. A table with rows or with other columns is never taken over.
+
+    :param schema: the table's DAP schema with the target's column names
+        (:func:`~.identifiers.mapped_schema`).
     """
-    columns = {c.name for c in parse_table_schema(versioned_schema).columns}
+    columns = {c.name for c in schema.columns}
     if set(dialect.live_columns(cur, target)) != columns:
         return False
     return dialect.fetch_one(cur, f"SELECT 1 FROM {dialect.qualified(target)} LIMIT 1") is None
 
 
-def create_empty_table(
-    dialect: Dialect, target: Target, versioned_schema: dict[str, Any], types: dict[str, str]
-) -> bool:
+def create_empty_table(dialect: Dialect, target: Target, schema: TableSchema, types: dict[str, str]) -> bool:
     """Create ``target`` without rows from the DAP schema, unless a table of that name exists.
 
     Holds the target's replication lock, so a concurrent sync cannot be half-way through a
     snapshot of the same table. No state row is written.
 
+    :param schema: the table's DAP schema with the target's column names
+        (:func:`~.identifiers.mapped_schema`).
     :param types: SQL type per column (the replicator's type mapping for this dialect).
     :returns: True if the table was created, False if it existed already.
     :raises ConcurrentReplicationError: another sync of the target is running.
     """
-    schema = parse_table_schema(versioned_schema)
     with dialect.exclusive(target), dialect.transaction() as cur:
         if dialect.table_kind(cur, target.schema, target.table) is not None:
             return False

@@ -42,6 +42,7 @@ No Airflow, no HTTP: this package works on a DB-API connection and local files.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -60,10 +61,11 @@ from airflow_provider_instructure.replication.errors import (
     SnapshotRequired,
     WatermarkError,
 )
+from airflow_provider_instructure.replication.identifiers import column_names, mapped_schema, shortened
 from airflow_provider_instructure.replication.result import SyncResult
 from airflow_provider_instructure.replication.schema_changes import SchemaChange, diff_schemas
 from airflow_provider_instructure.replication.state import ORIGIN_DAP, STATE_TABLE, StateStore, SyncState
-from airflow_provider_instructure.replication.tsv import Part, read_part
+from airflow_provider_instructure.replication.tsv import HeaderField, Part, read_part
 from airflow_provider_instructure.replication.types import mysql_column_types, sql_type
 
 #: Result parts: a sequence of files, or the directory that holds them.
@@ -163,7 +165,10 @@ class TableReplicator:
             if (
                 exists
                 and state is None
-                and not (empty_table_schema is not None and is_empty_replica(d, cur, t, empty_table_schema()))
+                and not (
+                    empty_table_schema is not None
+                    and is_empty_replica(d, cur, t, self._mapped(parse_table_schema(empty_table_schema()))[0])
+                )
             ):
                 raise ReplicationConfigError(
                     f"{t.display} exists but is not managed by this replicator (no row in {STATE_TABLE}) nor by "
@@ -187,8 +192,8 @@ class TableReplicator:
         """Create the replica without rows and without a state row (DAP has no data yet; see
         :mod:`.empty_table`). Returns False when the table exists already."""
         self._ensure_checked()
-        schema = parse_table_schema(versioned_schema)
-        return create_empty_table(self._d, self.target, versioned_schema, self._column_types(schema))
+        schema, _ = self._mapped(parse_table_schema(versioned_schema))
+        return create_empty_table(self._d, self.target, schema, self._column_types(schema))
 
     # -- snapshot -------------------------------------------------------------------------
 
@@ -227,9 +232,10 @@ class TableReplicator:
         job_id: str | None,
     ) -> SyncResult:
         timer = PhaseTimer()
-        schema = parse_table_schema(versioned_schema)
+        original = parse_table_schema(versioned_schema)
+        schema, names = self._mapped(original)
         with timer.phase("prepare"):
-            parts = self._read_parts(files, schema, incremental=False)
+            parts = self._read_parts(files, original, schema, incremental=False)
         previous = self._recover(timer)
         if previous is not None and previous.table_exists and at < previous.watermark:
             raise WatermarkError(
@@ -253,6 +259,7 @@ class TableReplicator:
                 mode="snapshot",
                 job_id=job_id,
                 pending_swap=pending_swap,
+                name_map=self._name_map(names),
             )
 
         job = LoadJob(
@@ -325,9 +332,10 @@ class TableReplicator:
         job_id: str | None,
     ) -> SyncResult:
         timer = PhaseTimer()
-        schema = parse_table_schema(versioned_schema)
+        original = parse_table_schema(versioned_schema)
+        schema, names = self._mapped(original)
         with timer.phase("prepare"):
-            parts = self._read_parts(files, schema, incremental=True)
+            parts = self._read_parts(files, original, schema, incremental=True)
         state = self._recover(timer)
         t = self.target
         if state is None:
@@ -350,7 +358,9 @@ class TableReplicator:
                 since=since,
                 until=until,
             )
-        change = diff_schemas(state.schema(), schema)
+        # Both schemas with the target's column names (the same rule maps both), so the
+        # change's DDL names the columns as the table has them.
+        change = diff_schemas(self._mapped(state.schema())[0], schema)
         if not change.in_place:
             raise SchemaChangeRequiresSnapshot(
                 f"schema of {self.namespace}.{self.table} changed from version {change.old_version} to "
@@ -375,6 +385,7 @@ class TableReplicator:
                 versioned_schema=versioned_schema,
                 mode="incremental",
                 job_id=job_id,
+                name_map=self._name_map(names),
             )
 
         job = LoadJob(
@@ -409,6 +420,12 @@ class TableReplicator:
             try:
                 with self._d.transaction() as cur:
                     if self._d.table_kind(cur, self.target.schema, STATE_TABLE) == "table":
+                        upgrade = self._store.upgrade_sql(cur, self.target)
+                        for statement in upgrade:
+                            self.log.info("upgrading the state table: %s", statement)
+                            cur.execute(statement)
+                        if upgrade:
+                            self._store.forget_columns()
                         return
                     self._d.ensure_schema(cur, self.target)
                     cur.execute(sql)
@@ -417,8 +434,10 @@ class TableReplicator:
                 raise
             except Exception as exc:
                 # Parallel first runs of tables sharing a schema race on CREATE ... IF NOT
-                # EXISTS (PostgreSQL then reports a duplicate catalog entry): look again.
-                if attempt < 2 and self._state_table_exists():
+                # EXISTS (PostgreSQL then reports a duplicate catalog entry), and parallel
+                # upgrades on ADD COLUMN: look again.
+                self._store.forget_columns()
+                if attempt < 2 and self._state_table_current():
                     return
                 if attempt < 2 and not probe:
                     continue
@@ -428,11 +447,33 @@ class TableReplicator:
                     f"cannot create the state table {self._d.qualify(self.target.schema, STATE_TABLE)}: {exc}"
                 ) from exc
 
-    def _state_table_exists(self) -> bool:
+    def _state_table_current(self) -> bool:
         with self._d.transaction(read_only=True) as cur:
-            return self._d.table_kind(cur, self.target.schema, STATE_TABLE) == "table"
+            if self._d.table_kind(cur, self.target.schema, STATE_TABLE) != "table":
+                return False
+            return not self._store.upgrade_sql(cur, self.target)
 
-    def _read_parts(self, files: Parts, schema: TableSchema, *, incremental: bool) -> list[Part]:
+    def _mapped(self, schema: TableSchema) -> tuple[TableSchema, dict[str, str]]:
+        """``schema`` with the target's column names, and the names by DAP name
+        (:mod:`.identifiers`: a name over the identifier limit is shortened)."""
+        names = column_names(schema, self._d.fit)
+        if shortened(names):
+            self.log.info(
+                "%s.%s: column name(s) over the %s identifier limit are shortened: %s",
+                self.namespace,
+                self.table,
+                self._d.name,
+                shortened(names),
+            )
+        return mapped_schema(schema, names), names
+
+    def _name_map(self, names: dict[str, str]) -> dict[str, dict[str, str]]:
+        t = self.target
+        table = {t.requested: t.table} if t.shortened and t.requested else {}
+        return {"table": table, "columns": shortened(names)}
+
+    def _read_parts(self, files: Parts, schema: TableSchema, mapped: TableSchema, *, incremental: bool) -> list[Part]:
+        """The parts' headers, read with the DAP ``schema`` and pointing at the ``mapped`` columns."""
         if isinstance(files, (str, PathLike)):
             folder = Path(files)
             if not folder.is_dir():
@@ -441,7 +482,20 @@ class TableReplicator:
         # Parts are numbered (part-00000-...); applying them in that order makes "the last
         # occurrence of a repeated key wins" deterministic.
         paths = sorted((Path(f) for f in files), key=lambda p: (p.name, str(p)))
-        return [read_part(p, schema, incremental=incremental) for p in paths]
+        parts = [read_part(p, schema, incremental=incremental) for p in paths]
+        if mapped is schema:
+            return parts
+        target_column = dict(zip((c.name for c in schema.columns), mapped.columns, strict=True))
+        return [
+            dataclasses.replace(
+                part,
+                fields=tuple(
+                    HeaderField(f.label, None if f.column is None else target_column[f.column.name])
+                    for f in part.fields
+                ),
+            )
+            for part in parts
+        ]
 
     def _column_types(self, schema: TableSchema) -> dict[str, str]:
         if isinstance(self._d, MySQLDialect):

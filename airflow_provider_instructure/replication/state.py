@@ -15,7 +15,7 @@ column             type (PG / MySQL / SQLite)       meaning
 =================  ===============================  ==============================================
 target_table       varchar(255) PRIMARY KEY         the replica's table name (in that schema)
 source_namespace   varchar(64)                      DAP namespace (``canvas``)
-source_table       varchar(64)                      DAP table (``accounts``)
+source_table       varchar(255)                     DAP table (``accounts``)
 watermark          timestamptz / DATETIME(6) UTC /  the last ``at``/``until`` applied: the next
                    TEXT ISO-8601                    incremental's ``since``
 schema_version     integer                          DAP schema version the table holds
@@ -27,7 +27,14 @@ job_id             varchar(64) NULL                 DAP job of the last applied 
 pending_swap       varchar(255) NULL                MySQL only: a fully loaded snapshot table not
                                                     yet renamed in (see the MySQL dialect)
 updated_at         timestamptz / DATETIME(6) / TEXT wall clock of the commit
+name_map           text / LONGTEXT / TEXT NULL      names shortened to fit the identifier limit
+                                                    (:mod:`.identifiers`), as JSON
+                                                    ``{"table": {full: used}, "columns": {full:
+                                                    used}}``; NULL when every name fits
 =================  ===============================  ==============================================
+
+State tables created before ``name_map`` existed (with ``source_table varchar(64)``) get the
+column added and ``source_table`` widened the first time a sync needs the state table.
 
 ``dap initdb`` databases
 ------------------------
@@ -65,7 +72,7 @@ named tables without a prefix, so such a table is continued with ``table_prefix=
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -86,7 +93,7 @@ DAP_META_TABLE = "dap_meta"
 _COLUMNS = (
     ("target_table", "key", False),
     ("source_namespace", "name", False),
-    ("source_table", "name", False),
+    ("source_table", "key", False),
     ("watermark", "ts", False),
     ("schema_version", "int", False),
     ("versioned_schema", "long_text", False),
@@ -95,7 +102,10 @@ _COLUMNS = (
     ("job_id", "name", True),
     ("pending_swap", "key", True),
     ("updated_at", "ts", False),
+    ("name_map", "long_text", True),
 )
+#: Columns added after the first release, each with the DDL type role: added on first use.
+_ADDED_COLUMNS = ("name_map",)
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,8 @@ class SyncState:
     :param updated_at: when the state was last written (ours only).
     :param dap_row_id: ``table_sync.id`` (or ``dap_meta.id``) for dap rows.
     :param dap_meta_schema: the schema (MySQL database) holding the ``dap_meta`` row.
+    :param name_map: names shortened to fit the identifier limit: ``{"table": {full: used},
+        "columns": {full: used}}`` (only the shortened ones; empty when all fit).
     """
 
     namespace: str
@@ -133,6 +145,7 @@ class SyncState:
     updated_at: datetime | None = None
     dap_row_id: int | None = None
     dap_meta_schema: str | None = None
+    name_map: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def from_dap_cli(self) -> bool:
@@ -157,6 +170,7 @@ class SyncState:
             "job_id": self.job_id,
             "pending_swap": self.pending_swap,
             "updated_at": self.updated_at.isoformat() if self.updated_at else None,
+            "name_map": self.name_map,
         }
 
 
@@ -179,6 +193,8 @@ class StateStore:
 
     def __init__(self, dialect: Dialect) -> None:
         self.d = dialect
+        #: columns of the existing state table, learnt on first read (older tables lack some)
+        self._columns: frozenset[str] | None = None
 
     def table_sql(self, target: Target) -> str:
         return self.d.qualify(target.schema, STATE_TABLE)
@@ -190,6 +206,35 @@ class StateStore:
             cols.append(f"{self.d.quote(name)} {types[kind]}{'' if nullable else ' NOT NULL'}")
         cols.append(f"PRIMARY KEY ({self.d.quote('target_table')})")
         return f"CREATE TABLE IF NOT EXISTS {self.table_sql(target)} ({', '.join(cols)})"
+
+    def state_columns(self, cur: Any, target: Target) -> frozenset[str]:
+        """The columns the target's state table has (it exists)."""
+        if self._columns is None or not self._columns.issuperset(_ADDED_COLUMNS):
+            where = Target(target.schema, STATE_TABLE, "", "")
+            self._columns = frozenset(self.d.live_columns(cur, where))
+        return self._columns
+
+    def upgrade_sql(self, cur: Any, target: Target) -> list[str]:
+        """DDL bringing an existing state table of an older release to the current layout
+        (empty when it is current): the columns added since, and ``source_table`` widened to
+        varchar(255) (DAP table names longer than 64 characters)."""
+        have = self.state_columns(cur, target)
+        missing = [name for name in _ADDED_COLUMNS if name not in have]
+        if not missing:
+            return []
+        types = self.d.state_types
+        table = self.table_sql(target)
+        q = self.d.quote
+        statements = [f"ALTER TABLE {table} ADD COLUMN {q(name)} {types['long_text']}" for name in missing]
+        if self.d.name == "postgres":
+            statements.append(f"ALTER TABLE {table} ALTER COLUMN {q('source_table')} TYPE {types['key']}")
+        elif self.d.name == "mysql":
+            statements.append(f"ALTER TABLE {table} MODIFY COLUMN {q('source_table')} {types['key']} NOT NULL")
+        return statements
+
+    def forget_columns(self) -> None:
+        """Read the state table's columns again next time (after :meth:`upgrade_sql` ran)."""
+        self._columns = None
 
     # -- reading --------------------------------------------------------------------------
 
@@ -207,7 +252,8 @@ class StateStore:
         if self.d.table_kind(cur, target.schema, STATE_TABLE) is None:
             return None
         q = self.d.quote
-        names = [name for name, _, _ in _COLUMNS]
+        have = self.state_columns(cur, target)
+        names = [name for name, _, _ in _COLUMNS if name in have]
         row = self.d.fetch_one(
             cur,
             f"SELECT {', '.join(q(n) for n in names)} FROM {self.table_sql(target)} "
@@ -235,6 +281,7 @@ class StateStore:
             job_id=rec["job_id"],
             pending_swap=rec["pending_swap"],
             updated_at=self.d.from_db_timestamp(rec["updated_at"]),
+            name_map=json.loads(rec["name_map"]) if rec.get("name_map") else {},
         )
 
     def _read_dap(self, cur: Any, target: Target, table_exists: bool) -> SyncState | None:
@@ -308,11 +355,14 @@ class StateStore:
         mode: str,
         job_id: str | None,
         pending_swap: str | None = None,
+        name_map: dict[str, dict[str, str]] | None = None,
     ) -> None:
         """Record the new watermark; called inside the data transaction.
 
         A dap-origin table continued incrementally updates dap's row; anything else
         (including the snapshot that hands a dap table over) writes our row.
+
+        :param name_map: the shortened names (see :class:`SyncState`); empty parts are left out.
         """
         version = int(versioned_schema.get("version", 0) or 0)
         if previous is not None and previous.origin == ORIGIN_DAP_META:
@@ -341,6 +391,7 @@ class StateStore:
             "job_id": job_id,
             "pending_swap": pending_swap,
             "updated_at": self.d.to_db_timestamp(datetime.now(timezone.utc)),
+            "name_map": _name_map_json(name_map),
         }
         names = list(values)
         cur.execute(
@@ -404,6 +455,11 @@ class StateStore:
             f"WHERE {q('target_table')} = {self.d.param}",
             (target.table,),
         )
+
+
+def _name_map_json(name_map: dict[str, dict[str, str]] | None) -> str | None:
+    kept = {kind: names for kind, names in (name_map or {}).items() if names}
+    return json.dumps(kept, ensure_ascii=False, sort_keys=True) if kept else None
 
 
 def _dap_client_state(

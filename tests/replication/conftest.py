@@ -208,7 +208,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
 
     quiet_uvicorn_errors()
     directory = tmp_path_factory.mktemp("dap-results")
-    with EmulatorServer(rows=24, seed=7, clock_start=CLOCK_START) as server:
+    with EmulatorServer(rows=24, seed=7, clock_start=CLOCK_START, catalog="core") as server:
         fetch = DapFetcher(server, directory)
         dataset = server.emulator.dataset
         tables = [(ns, t) for ns in dataset.namespaces() for t in sorted(dataset.tables[ns])]
@@ -228,5 +228,5 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
 @pytest.fixture
 def fresh_server(tmp_path: Path) -> Iterator[tuple[EmulatorServer, DapFetcher]]:
     """A private emulator (few tables' worth of rows) and a fetcher, for tests that change it."""
-    with EmulatorServer(rows=12, seed=3, clock_start=CLOCK_START) as server:
+    with EmulatorServer(rows=12, seed=3, clock_start=CLOCK_START, catalog="core") as server:
         yield server, DapFetcher(server, tmp_path / "dap")

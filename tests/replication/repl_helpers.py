@@ -235,13 +235,17 @@ def expected_table(
 
 
 def replica_table(
-    conn: Any, dialect: str, qualified: str, versioned_schema: dict[str, Any]
+    conn: Any, dialect: str, qualified: str, versioned_schema: dict[str, Any], names: dict[str, str] | None = None
 ) -> dict[Any, dict[str, Any]]:
+    """The replica's rows by key, normalized like :func:`expected_table`.
+
+    :param names: the target's column name by DAP name where they differ (shortened names).
+    """
     schema = parse_table_schema(versioned_schema)
-    names = [c.name for c in schema.columns]
+    selected = [(names or {}).get(c.name, c.name) for c in schema.columns]
     quote = (lambda n: f"`{n}`") if dialect == "mysql" else (lambda n: f'"{n}"')
     cur = conn.cursor()
-    cur.execute(f"SELECT {', '.join(quote(n) for n in names)} FROM {qualified}")
+    cur.execute(f"SELECT {', '.join(quote(n) for n in selected)} FROM {qualified}")
     rows = cur.fetchall()
     cur.close()
     conn.rollback()

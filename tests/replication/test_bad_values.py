@@ -179,7 +179,7 @@ def test_every_quirk_is_replicated_by_the_same_policy(
     ns, table = TABLE
     caplog.set_level(logging.INFO)
     conn = db.connect()
-    with EmulatorServer(rows=40, seed=11, clock_start=CLOCK_START) as server:
+    with EmulatorServer(rows=40, seed=11, clock_start=CLOCK_START, catalog="core") as server:
         server.emulator.config.update({"quirks": {quirk: 0.5 if quirk.startswith("delete_") else 0.15}})
         fetch = DapFetcher(server, tmp_path / "dap")
         snap = fetch.snapshot(ns, table)

@@ -24,6 +24,7 @@ from airflow_provider_instructure.replication.errors import (
     ReplicationConfigError,
     ReplicationError,
 )
+from airflow_provider_instructure.replication.identifiers import shorten, utf8_length
 from airflow_provider_instructure.replication.schema_changes import SchemaChange
 from airflow_provider_instructure.replication.tsv import Part
 from airflow_provider_instructure.replication.values import (
@@ -48,12 +49,19 @@ class Target:
     :param table: table name.
     :param namespace: source DAP namespace.
     :param source_table: source DAP table.
+    :param requested: the table name before shortening (:mod:`~..identifiers`), if known.
     """
 
     schema: str
     table: str
     namespace: str
     source_table: str
+    requested: str | None = None
+
+    @property
+    def shortened(self) -> bool:
+        """The table name was shortened to fit the identifier limit (``requested`` is the full one)."""
+        return self.requested is not None and self.requested != self.table
 
     @property
     def display(self) -> str:
@@ -209,8 +217,9 @@ class Dialect(ABC):
     name: ClassVar[str]
     #: DB-API placeholder.
     param: ClassVar[str] = "%s"
-    #: Longest identifier the database accepts.
-    max_identifier: ClassVar[int] = 63
+    #: Longest identifier the database accepts (``None``: no limit), measured by
+    #: :meth:`identifier_length`.
+    max_identifier: ClassVar[int | None] = 63
     #: Column types of the state table by role: ``key``, ``name``, ``short``, ``ts``, ``int``, ``long_text``.
     state_types: ClassVar[dict[str, str]]
     #: The snapshot commits its state with ``pending_swap`` set and the table is renamed in
@@ -236,21 +245,46 @@ class Dialect(ABC):
     def qualified(self, target: Target, table: str | None = None) -> str:
         return self.qualify(target.schema, table or target.table)
 
+    def identifier_length(self, name: str) -> int:
+        """How the database measures an identifier against :attr:`max_identifier`."""
+        return utf8_length(name)
+
+    def fit(self, name: str) -> str:
+        """``name``, or its deterministic short form when it exceeds the identifier limit
+        (:func:`~..identifiers.shorten`)."""
+        return shorten(name, self.max_identifier, self.identifier_length)
+
     def side_name(self, table: str, suffix: str) -> str:
         """``<table><suffix>``, shortened with a hash when it would exceed the identifier limit."""
-        name = table + suffix
-        if len(name.encode()) <= self.max_identifier:
-            return name
-        digest = hashlib.sha1(table.encode()).hexdigest()[:8]
-        keep = self.max_identifier - len(suffix) - len(digest) - 1
-        return f"{table.encode()[:keep].decode(errors='ignore')}_{digest}{suffix}"
+        return shorten(table, self.max_identifier, self.identifier_length, suffix=suffix)
 
     def check_identifier(self, name: str, what: str) -> None:
-        if not name or len(name.encode()) > self.max_identifier:
+        if not name or (self.max_identifier is not None and self.identifier_length(name) > self.max_identifier):
             raise ReplicationConfigError(
-                f"{what} {name!r} is empty or longer than {self.max_identifier} bytes, the {self.name} limit; "
-                "pass a shorter table_prefix/target_schema"
+                f"{what} {name!r} is empty or longer than {self.max_identifier}, the {self.name} limit; "
+                "pass a shorter target_schema"
             )
+
+    def make_target(self, schema: str, wanted: str, namespace: str, table: str) -> Target:
+        """The :class:`Target` for table name ``wanted`` in ``schema``: the name shortened if it
+        does not fit (recorded in the state row), the schema refused if it does not.
+
+        :raises ReplicationConfigError: ``schema`` is empty or too long (it is the user's choice
+            or the namespace, and a hashed schema name would surprise more than an error).
+        """
+        self.check_identifier(schema, "schema (database) name")
+        if not wanted:
+            raise ReplicationConfigError("the table name is empty")
+        used = self.fit(wanted)
+        if used != wanted:
+            self.log.info(
+                "table name %r exceeds the %s identifier limit (%s); using %r (recorded in the state table)",
+                wanted,
+                self.name,
+                self.max_identifier,
+                used,
+            )
+        return Target(schema, used, namespace, table, requested=wanted)
 
     @abstractmethod
     def resolve_target(

@@ -58,6 +58,7 @@ from airflow_provider_instructure.replication.dialects.base import (
 )
 from airflow_provider_instructure.replication.dialects.mysql_load import STAGE, MySQLLoader
 from airflow_provider_instructure.replication.errors import ReplicationConfigError
+from airflow_provider_instructure.replication.identifiers import char_length
 from airflow_provider_instructure.replication.schema_changes import SchemaChange
 from airflow_provider_instructure.replication.types import dap_cli_type, sql_type
 from airflow_provider_instructure.replication.values import MYSQL_RANGE
@@ -75,7 +76,7 @@ class MySQLDialect(MySQLLoader):
     """MySQL 8 and MariaDB through mysql-connector-python or PyMySQL."""
 
     name = "mysql"
-    max_identifier = 64
+    max_identifier = 64  # characters, not bytes
     timestamps = MYSQL_RANGE
     deferred_swap = True
     state_types = {
@@ -103,6 +104,9 @@ class MySQLDialect(MySQLLoader):
 
     def quote(self, name: str) -> str:
         return "`" + name.replace("`", "``") + "`"
+
+    def identifier_length(self, name: str) -> int:
+        return char_length(name)
 
     def cursor(self) -> Any:
         if self.driver == "mysql-connector":
@@ -173,10 +177,7 @@ class MySQLDialect(MySQLLoader):
             name = table
         else:
             name = f"{namespace}__{table}"  # what dap does on MySQL
-        target = Target(database, name, namespace, table)
-        self.check_identifier(target.schema, "database name")
-        self.check_identifier(target.table, "table name")
-        return target
+        return self.make_target(database, name, namespace, table)
 
     # -- introspection --------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from airflow_provider_instructure.dap_schema import Column, TableSchema
-from airflow_provider_instructure.replication.dialects.base import NEW_SUFFIX, LiveColumn, Target
+from airflow_provider_instructure.replication.dialects.base import LiveColumn, Target
 from airflow_provider_instructure.replication.dialects.postgres_load import STAGE, PostgresLoader
 from airflow_provider_instructure.replication.errors import ReplicationConfigError
 from airflow_provider_instructure.replication.schema_changes import SchemaChange
@@ -140,11 +140,7 @@ class PostgresDialect(PostgresLoader):
                 cur.close()
 
     def resolve_target(self, namespace: str, table: str, target_schema: str | None, table_prefix: str | None) -> Target:
-        target = Target(target_schema or namespace, (table_prefix or "") + table, namespace, table)
-        self.check_identifier(target.schema, "schema name")
-        self.check_identifier(target.table, "table name")
-        self.check_identifier(self.side_name(target.table, NEW_SUFFIX), "side table name")
-        return target
+        return self.make_target(target_schema or namespace, (table_prefix or "") + table, namespace, table)
 
     # -- introspection --------------------------------------------------------------------
 

@@ -80,7 +80,7 @@ class SQLiteDialect(Dialect):
     name = "sqlite"
     param = "?"
     timestamps = PYTHON_RANGE
-    max_identifier = 255
+    max_identifier = None  # SQLite has no identifier length limit
     state_types = {
         "key": "TEXT",
         "name": "TEXT",
@@ -122,9 +122,7 @@ class SQLiteDialect(Dialect):
             name = table
         else:
             name = f"{namespace}__{table}"
-        target = Target(target_schema or "main", name, namespace, table)
-        self.check_identifier(target.table, "table name")
-        return target
+        return self.make_target(target_schema or "main", name, namespace, table)
 
     # -- introspection --------------------------------------------------------------------
 
