@@ -68,7 +68,8 @@ def test_snapshot_to_files_dag(
 ) -> None:
     from airflow.models.pool import Pool
 
-    server = dap_emulator_factory(emulator=Emulator(EmulatorConfig(job_running_seconds=0.3), rows=30))
+    # The core tables: the DAG downloads every table, and 15 show the same as 90.
+    server = dap_emulator_factory(emulator=Emulator(EmulatorConfig(job_running_seconds=0.3), rows=30, catalog="core"))
     monkeypatch.setenv("AIRFLOW_CONN_INSTRUCTURE_DEFAULT", server.connection_json())
     Pool.create_or_update_pool("cd2_api", 5, "DAP job creation", include_deferred=False)
     module = importlib.import_module("example_dags.example_cd2_snapshot_to_files")
@@ -121,7 +122,8 @@ def test_sync_to_database_dag(
 
     from airflow.models.pool import Pool
 
-    server = dap_emulator_factory(emulator=Emulator(EmulatorConfig(job_running_seconds=0.2), rows=20))
+    # The core tables: the DAG syncs every table, and 15 show the same as 90.
+    server = dap_emulator_factory(emulator=Emulator(EmulatorConfig(job_running_seconds=0.2), rows=20, catalog="core"))
     monkeypatch.setenv("AIRFLOW_CONN_INSTRUCTURE_DEFAULT", server.connection_json())
     warehouse = tmp_path / "warehouse.db"
     monkeypatch.setenv("AIRFLOW_CONN_CD2_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(warehouse)}))

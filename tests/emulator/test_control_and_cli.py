@@ -29,7 +29,7 @@ def test_stats_count_calls_per_route(serve: Serve) -> None:
     api.get("/dap/query/canvas/table")
     api.run_job("canvas", "users", {"format": "tsv"})
     body = control(server, "GET", "stats").json()
-    assert set(body) == {"calls", "jobs_created"}
+    assert set(body) == {"calls", "jobs_created", "rate_limited"}
     assert body["jobs_created"] == 1
     assert body["calls"]["login"] == 1 and body["calls"]["list_tables"] == 1 and body["calls"]["create_job"] == 1
     assert set(body["calls"]) == {

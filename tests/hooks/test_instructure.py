@@ -306,7 +306,7 @@ def test_unreachable_service_is_retried_then_reported(monkeypatch: pytest.Monkey
 def test_test_connection(instructure_conn: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> None:
     ok, message = InstructureHook().test_connection()
     assert (
-        ok and f"Connected to {instructure_conn.url} as us-east-1#demo-client-id" in message and "14 tables" in message
+        ok and f"Connected to {instructure_conn.url} as us-east-1#demo-client-id" in message and "90 tables" in message
     )
     conn = json.loads(instructure_conn.connection_json())
     conn["password"] = "nope"

@@ -22,10 +22,15 @@ def test_list_tables_returns_sorted_names(instructure_conn: EmulatorServer) -> N
 @pytest.mark.parametrize(
     ("include", "exclude", "expected"),
     [
-        (["course*"], None, ["course_sections", "courses"]),
-        ("user*", None, ["users"]),
+        # The plugin's emulator serves the full catalog (90 canvas tables).
+        (["course*"], None, ["course_account_associations", "course_sections", "courses"]),
+        ("user*", None, ["user_account_associations", "user_notes", "users"]),
         (None, ["*s"], None),
-        (["assign*", "users"], ["assignment_groups"], ["assignments", "users"]),
+        (
+            ["assign*", "users"],
+            ["assignment_groups", "assignment_over*"],
+            ["assignments", "users"],
+        ),
     ],
 )
 def test_include_exclude_globs(instructure_conn: EmulatorServer, include, exclude, expected) -> None:
