@@ -193,3 +193,45 @@ def test_shorten_is_deterministic_and_fits() -> None:
     assert len(cut.encode()) <= 63 and cut.startswith("ü")
     assert shorten(multibyte, 64, char_length) == multibyte
     assert shorten("t" * 60, 63, suffix="__dap_new").endswith("__dap_new")
+
+
+def test_a_state_table_of_the_previous_layout_is_upgraded_in_place(db: Database, fresh_server: Any) -> None:
+    """State tables created before ``name_map`` (and with ``source_table varchar(64)``) are read
+    as they are, then get the column and the wider type on the next sync; the rows stay."""
+    server, fetch = fresh_server
+    conn = db.connect()
+    key = ("canvas", "late_policies")
+    snap = fetch.snapshot(*key)
+    TableReplicator(conn, db.dialect, *key).apply_snapshot(
+        snap.files, versioned_schema=snap.versioned_schema, at=snap.at, job_id=snap.job_id
+    )
+    replicator = TableReplicator(conn, db.dialect, *key)
+    q = db.quote
+    state_sql = f"{q(replicator.target.schema)}.{q(STATE_TABLE)}"
+    # Back to the previous layout.
+    db.query(f"ALTER TABLE {state_sql} DROP COLUMN {q('name_map')}")
+    if db.dialect == "postgres":
+        db.query(f"ALTER TABLE {state_sql} ALTER COLUMN source_table TYPE varchar(64)")
+    elif db.dialect == "mysql":
+        db.query(f"ALTER TABLE {state_sql} MODIFY COLUMN source_table VARCHAR(64) NOT NULL")
+
+    later = TableReplicator(conn, db.dialect, *key)
+    state = later.read_state()
+    assert state is not None and state.watermark == snap.at and state.name_map == {}
+    server.emulator.advance(updates=2, inserts=1, deletes=1)
+    inc = fetch.incremental(*key, snap.at)
+    later.apply_incremental(
+        inc.files, versioned_schema=inc.versioned_schema, since=inc.since, until=inc.until, job_id=inc.job_id
+    )
+    expected = expected_table(server, *key, inc.until, inc.versioned_schema)
+    assert_same_rows(replica_table(conn, db.dialect, db.qualified(later.target), inc.versioned_schema), expected, "")
+    assert db.query(f"SELECT {q('name_map')} FROM {state_sql}") == [(None,)]
+    if db.dialect != "sqlite":
+        width = db.query(
+            "SELECT character_maximum_length FROM information_schema.columns WHERE table_schema = %s "
+            "AND table_name = %s AND column_name = 'source_table'",
+            (later.target.schema, STATE_TABLE),
+        )
+        assert width == [(255,)]
+    again = TableReplicator(conn, db.dialect, *key).read_state()
+    assert again is not None and again.watermark == inc.until
