@@ -182,27 +182,39 @@ class ObjectDownloader:
         self._urls: dict[str, tuple[str, float]] = {}
         self._pending: list[str] = []
 
-    def download(self, object_ids: Sequence[str], target: Any) -> list[DownloadedFile]:
-        """Download every object into ``target`` (a directory); returns them in input order."""
+    @property
+    def concurrency(self) -> int:
+        return self._concurrency
+
+    def begin(self, object_ids: Sequence[str], target: Any) -> _Sink:
+        """Check the objects' file names and prepare ``target`` for :meth:`one` calls."""
         sink = _Sink(target)
         names = [safe_name(oid) for oid in object_ids]
         if len(set(names)) != len(names):
             raise DapDownloadError("two result objects share a file name; refusing to overwrite one with another")
         self._pending = list(object_ids)
         self.reused = 0
+        return sink
+
+    def download(self, object_ids: Sequence[str], target: Any) -> list[DownloadedFile]:
+        """Download every object into ``target`` (a directory); returns them in input order."""
+        sink = self.begin(object_ids, target)
         if not object_ids:
             return []
         with ThreadPoolExecutor(max_workers=min(self._concurrency, len(object_ids))) as pool:
-            futures = [pool.submit(self._one, oid, sink) for oid in object_ids]
+            futures = [pool.submit(self.one, oid, sink) for oid in object_ids]
             files = [f.result() for f in futures]
+        self.log_reuse(len(files))
+        return files
+
+    def log_reuse(self, total: int) -> None:
         if self._reuse:
             self._log.info(
                 "Reused %d of %d part(s) already downloaded by an earlier try; downloaded %d",
                 self.reused,
-                len(files),
-                len(files) - self.reused,
+                total,
+                total - self.reused,
             )
-        return files
 
     # -- URLs ---------------------------------------------------------------------------------
 
@@ -233,7 +245,8 @@ class ObjectDownloader:
 
     # -- one object -----------------------------------------------------------------------------
 
-    def _one(self, object_id: str, sink: _Sink) -> DownloadedFile:
+    def one(self, object_id: str, sink: _Sink) -> DownloadedFile:
+        """Download (or reuse) one object of a :meth:`begin` call into its sink."""
         fmt = file_format(object_id)
         name = safe_name(object_id)
         gunzip = self._decompress and name.endswith(".gz")

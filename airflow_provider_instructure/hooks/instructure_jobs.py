@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 from functools import cached_property
+from os import PathLike
 from typing import Any
 
 import requests
@@ -34,6 +35,7 @@ from airflow_provider_instructure.hooks.dap_protocol import (
     parse_timestamp,
 )
 from airflow_provider_instructure.hooks.downloads import ObjectDownloader, Truncated, UrlExpired
+from airflow_provider_instructure.hooks.part_stream import PartStream
 from airflow_provider_instructure.hooks.retry import RetryPolicy
 
 #: the sleep of job polling (tests replace it to record the schedule's waits)
@@ -265,8 +267,44 @@ class DapJobsMixin:
             object_ids = [o["id"] if isinstance(o, dict) else str(o) for o in job.get("objects") or []]
         else:
             object_ids = list(job)
+        downloader = self._object_downloader(
+            concurrency=concurrency, decompress=decompress, inspect=inspect, reuse=reuse
+        )
+        started = time.monotonic()
+        files = downloader.download(object_ids, target)
+        total = sum(f.size for f in files)
+        self.log.info(
+            "Downloaded %d file(s), %d bytes, in %.1f s to %s", len(files), total, time.monotonic() - started, target
+        )
+        return [f.to_dict() for f in files]
+
+    def stream_objects(
+        self,
+        object_ids: Sequence[str],
+        target: str | PathLike[str],
+        *,
+        concurrency: int = 4,
+        window: int | None = None,
+        inspect: bool = True,
+        reuse: bool = False,
+    ) -> PartStream:
+        """Start downloading objects into a local directory in the background; iterate the
+        returned :class:`~.part_stream.PartStream` to take them in ``object_ids`` order as they
+        land, ``release`` each when done with it (it is deleted), and ``close`` it.
+
+        :param object_ids: the objects, in the order they will be consumed.
+        :param target: a local directory.
+        :param concurrency: parallel downloads.
+        :param window: most parts on disk at once (default: ``concurrency``).
+        :param inspect: see :meth:`download_objects`.
+        :param reuse: see :meth:`download_objects`.
+        """
+        downloader = self._object_downloader(concurrency=concurrency, decompress=False, inspect=inspect, reuse=reuse)
+        return PartStream(downloader, object_ids, target, window=window or concurrency, log=self.log)
+
+    def _object_downloader(self, *, concurrency: int, decompress: bool, inspect: bool, reuse: bool) -> ObjectDownloader:
         settings = self.settings
-        downloader = ObjectDownloader(
+        return ObjectDownloader(
             self.get_object_urls,
             self._download_session,
             RetryPolicy(settings, (*TRANSPORT_ERRORS, Truncated, UrlExpired), self.log),
@@ -279,13 +317,6 @@ class DapJobsMixin:
             timeout=(settings.connect_timeout, max(settings.timeout, 300.0)),
             log=self.log,
         )
-        started = time.monotonic()
-        files = downloader.download(object_ids, target)
-        total = sum(f.size for f in files)
-        self.log.info(
-            "Downloaded %d file(s), %d bytes, in %.1f s to %s", len(files), total, time.monotonic() - started, target
-        )
-        return [f.to_dict() for f in files]
 
 
 def _checked(value: str, what: str) -> str:

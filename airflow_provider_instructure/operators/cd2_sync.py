@@ -19,6 +19,7 @@ from airflow_provider_instructure.exceptions import (
     InstructureConfigError,
     InstructureError,
 )
+from airflow_provider_instructure.hooks.downloads import safe_name
 from airflow_provider_instructure.operators.cd2 import CD2QueryOperator
 from airflow_provider_instructure.operators.sync_workdir import (
     JobDirClaim,
@@ -33,6 +34,7 @@ from airflow_provider_instructure.replication import (
     TableReplicator,
     WatermarkError,
 )
+from airflow_provider_instructure.replication.part_feed import StreamedParts
 
 
 class _NeedSnapshot(Exception):
@@ -74,7 +76,10 @@ class CD2SyncTableOperator(CD2QueryOperator):
         (default: the connection's) or SQLite attached database.
     :param table_prefix: prepended to the table name (default: none on PostgreSQL,
         ``<namespace>__`` on MySQL and SQLite, as ``dap`` names tables there).
-    :param download_concurrency: parallel downloads of result parts.
+    :param download_concurrency: parallel downloads of result parts. A snapshot is pipelined:
+        part ``k`` loads while the next ones download, with at most this many parts on disk at
+        once (each deleted as soon as its rows are in the table being built), so its wall time
+        tends to the longer of download and load rather than their sum.
     :param workdir: where downloaded parts go, in ``<workdir>/<namespace>.<table>-<key>/job_<id>/``
         (default: ``airflow-cd2-sync`` in the system temporary directory; see :mod:`.sync_workdir`).
         A failed try keeps its job's parts there and the retry reuses those that check out (size
@@ -202,24 +207,24 @@ class CD2SyncTableOperator(CD2QueryOperator):
         try:
             remove_other_jobs(workdir, self.log)
             clock = time.monotonic()
-            # The load reads (and so verifies) every byte: no need to inflate the parts twice.
-            # Parts an earlier try of this job left behind are reused when they check out.
-            files = self.hook.download_objects(
-                meta["objects"], workdir, concurrency=self.download_concurrency, inspect=False, reuse=True
-            )
-            phases["download"] = time.monotonic() - clock
-            schema = self.hook.get_table_schema(meta["table"], meta["namespace"])
-            if schema["version"] != meta["schema_version"]:
-                raise InstructureError(
-                    f"The schema of {meta['namespace']}.{meta['table']} moved from version {meta['schema_version']} "
-                    f"to {schema['version']} while the job ran; the retry will query again"
+            if meta["kind"] == "snapshot":
+                result, destination, files, phases["download"] = self._pipelined_snapshot(meta, workdir)
+            else:
+                # An incremental stages every part's header before its first row, so its parts
+                # are all downloaded first (they are small next to a snapshot's).
+                # The load reads (and so verifies) every byte: no need to inflate the parts twice.
+                # Parts an earlier try of this job left behind are reused when they check out.
+                files = self.hook.download_objects(
+                    meta["objects"], workdir, concurrency=self.download_concurrency, inspect=False, reuse=True
                 )
-            replicator = self._replicator()
-            try:
-                result = self._apply(replicator, meta, workdir, schema)
-                destination = self._destination_uri(replicator)
-            finally:
-                self._db.close()
+                phases["download"] = time.monotonic() - clock
+                schema = self._job_schema(meta)
+                replicator = self._replicator()
+                try:
+                    result = self._apply(replicator, meta, workdir, schema)
+                    destination = self._destination_uri(replicator)
+                finally:
+                    self._db.close()
             done = True
         except _NeedSnapshot:
             # Rebuild from a snapshot, swapped in atomically by the replicator. This may defer;
@@ -261,6 +266,41 @@ class CD2SyncTableOperator(CD2QueryOperator):
         )
         self._emit(context, meta, summary)
         return summary
+
+    def _job_schema(self, meta: dict[str, Any]) -> dict[str, Any]:
+        schema = self.hook.get_table_schema(meta["table"], meta["namespace"])
+        if schema["version"] != meta["schema_version"]:
+            raise InstructureError(
+                f"The schema of {meta['namespace']}.{meta['table']} moved from version {meta['schema_version']} "
+                f"to {schema['version']} while the job ran; the retry will query again"
+            )
+        return schema
+
+    def _pipelined_snapshot(self, meta: dict[str, Any], workdir: Path) -> tuple[Any, str, list[dict[str, Any]], float]:
+        """Load a snapshot while its parts download: part ``k`` loads while ``k+1...`` download,
+        at most ``download_concurrency`` parts on disk at once, each deleted once its rows are in
+        the table being built (nothing is visible before the whole table commits).
+
+        :returns: the replication result, the destination URI, the parts (as download_objects
+            lists them) and the seconds until the last part had landed.
+        """
+        # The loader takes parts in name order (part-00000 first); download them in that order.
+        object_ids = sorted((o["id"] if isinstance(o, dict) else str(o) for o in meta["objects"]), key=safe_name)
+        # The load reads (and so verifies) every byte: no need to inflate the parts twice.
+        # Parts an earlier try of this job left behind are reused when they check out.
+        with self.hook.stream_objects(
+            object_ids, workdir, concurrency=self.download_concurrency, inspect=False, reuse=True
+        ) as stream:
+            schema = self._job_schema(meta)  # while the first parts download
+            parts = StreamedParts((f.path for f in stream), total=len(object_ids), loaded=stream.release)
+            replicator = self._replicator()
+            try:
+                result = self._apply(replicator, meta, parts, schema)
+                destination = self._destination_uri(replicator)
+            finally:
+                self._db.close()
+        seconds = stream.download_seconds
+        return result, destination, [f.to_dict() for f in stream.files], seconds if seconds is not None else 0.0
 
     def _parts_dir(self, meta: dict[str, Any]) -> Path:
         # What the connection points at, not its id: two deployments on one host may both call
@@ -363,7 +403,9 @@ class CD2SyncTableOperator(CD2QueryOperator):
             "no_data": no_data,
         }
 
-    def _apply(self, replicator: TableReplicator, meta: dict[str, Any], parts: Path, schema: dict[str, Any]) -> Any:
+    def _apply(
+        self, replicator: TableReplicator, meta: dict[str, Any], parts: Path | StreamedParts, schema: dict[str, Any]
+    ) -> Any:
         if meta["kind"] == "snapshot":
             return replicator.apply_snapshot(parts, versioned_schema=schema, at=meta["at"], job_id=meta["job_id"])
         try:

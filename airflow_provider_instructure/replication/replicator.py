@@ -62,14 +62,16 @@ from airflow_provider_instructure.replication.errors import (
     WatermarkError,
 )
 from airflow_provider_instructure.replication.identifiers import column_names, mapped_schema, shortened
+from airflow_provider_instructure.replication.part_feed import PartFeed, StreamedParts
 from airflow_provider_instructure.replication.result import SyncResult
 from airflow_provider_instructure.replication.schema_changes import SchemaChange, diff_schemas
 from airflow_provider_instructure.replication.state import ORIGIN_DAP, STATE_TABLE, StateStore, SyncState
 from airflow_provider_instructure.replication.tsv import HeaderField, Part, read_part
 from airflow_provider_instructure.replication.types import mysql_column_types, sql_type
 
-#: Result parts: a sequence of files, or the directory that holds them.
-Parts = Sequence[str | PathLike[str]] | str | PathLike[str]
+#: Result parts: a sequence of files, the directory that holds them, or (snapshots) parts
+#: streamed in as they download (:mod:`.part_feed`).
+Parts = Sequence[str | PathLike[str]] | str | PathLike[str] | StreamedParts
 
 #: Tables whose results may repeat a key (upstream at-least-once delivery), as dap knows them.
 DUPLICATE_KEY_TABLES = frozenset({("canvas_logs", "web_logs")})
@@ -474,6 +476,12 @@ class TableReplicator:
 
     def _read_parts(self, files: Parts, schema: TableSchema, mapped: TableSchema, *, incremental: bool) -> list[Part]:
         """The parts' headers, read with the DAP ``schema`` and pointing at the ``mapped`` columns."""
+        if isinstance(files, StreamedParts):
+            if incremental:
+                raise TypeError("streamed parts are for snapshots; pass an incremental's parts as a list or directory")
+            # Each part is read (the same way as below) when the load reaches it, and released after.
+            feed = PartFeed(files, lambda path: self._read_parts([path], schema, mapped, incremental=False)[0])
+            return feed  # type: ignore[return-value]  # iterable and sized, which is all the loads use
         if isinstance(files, (str, PathLike)):
             folder = Path(files)
             if not folder.is_dir():
