@@ -16,6 +16,7 @@ from airflow_provider_instructure.emulator.jobs import JobStore
 from airflow_provider_instructure.emulator.server import EmulatorServer
 from airflow_provider_instructure.replication import TableReplicator
 from airflow_provider_instructure.replication.dialects import dialect_class
+from airflow_provider_instructure.replication.errors import ReplicationConfigError
 from airflow_provider_instructure.replication.identifiers import char_length, shorten, utf8_length
 from airflow_provider_instructure.replication.state import STATE_TABLE
 from tests.replication.conftest import CLOCK_START, Database
@@ -181,6 +182,9 @@ def test_a_long_prefix_on_the_longest_catalog_table_is_shortened_not_refused(dia
     t = d.make_target("warehouse", "p" * prefix_length + "master_courses_master_content_tags", "canvas", "x")
     assert t.shortened and d.identifier_length(t.table) == d.max_identifier
     assert d.identifier_length(d.side_name(t.table, "__dap_new")) <= d.max_identifier
+    # A schema (database) name is the user's: checked, not shortened.
+    with pytest.raises(ReplicationConfigError, match="destination_schema"):
+        d.make_target("s" * (d.max_identifier + 1), "accounts", "canvas", "accounts")
 
 
 def test_shorten_is_deterministic_and_fits() -> None:

@@ -261,8 +261,9 @@ class Dialect(ABC):
     def check_identifier(self, name: str, what: str) -> None:
         if not name or (self.max_identifier is not None and self.identifier_length(name) > self.max_identifier):
             raise ReplicationConfigError(
-                f"{what} {name!r} is empty or longer than {self.max_identifier}, the {self.name} limit; "
-                "pass a shorter target_schema"
+                f"{what} {name!r} is empty or longer than {self.max_identifier} "
+                f"{'characters' if self.identifier_length('é') == 1 else 'bytes'}, the {self.name} limit; pass a "
+                "shorter target_schema (CD2SyncTableOperator's destination_schema)"
             )
 
     def make_target(self, schema: str, wanted: str, namespace: str, table: str) -> Target:
