@@ -36,7 +36,8 @@ with DAG(
         "poll_interval": 30,  # longest wait between job checks (they start at 1 s and double), seconds
     },
 ) as dag:
-    tables = ListCD2TablesOperator(task_id="list_tables", namespace="{{ params.namespace }}")
+    # deferrable: a 429 on the listing (5/min) waits in the triggerer, not in a worker
+    tables = ListCD2TablesOperator(task_id="list_tables", namespace="{{ params.namespace }}", deferrable=True)
 
     # [START howto_operator_cd2_download]
     downloads = CD2DownloadOperator.partial(

@@ -28,7 +28,8 @@ with DAG(
     tags=["example", "instructure"],
     params={"namespace": "canvas", "poll_interval": 30},
 ) as dag:
-    tables = ListCD2TablesOperator(task_id="list_tables", namespace="{{ params.namespace }}")
+    # deferrable: a 429 on the listing (5/min) waits in the triggerer, not in a worker
+    tables = ListCD2TablesOperator(task_id="list_tables", namespace="{{ params.namespace }}", deferrable=True)
 
     # [START howto_operator_cd2_sync_table]
     synced = CD2SyncTableOperator.partial(

@@ -10,6 +10,7 @@ import json
 import re
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from functools import cached_property
 from os import PathLike
@@ -36,7 +37,7 @@ from airflow_provider_instructure.hooks.dap_protocol import (
 )
 from airflow_provider_instructure.hooks.downloads import ObjectDownloader, Truncated, UrlExpired
 from airflow_provider_instructure.hooks.part_stream import PartStream
-from airflow_provider_instructure.hooks.retry import RetryPolicy
+from airflow_provider_instructure.hooks.retry import RetryPolicy, raising_rate_limits
 
 #: the sleep of job polling (tests replace it to record the schedule's waits)
 _sleep = time.sleep
@@ -71,6 +72,24 @@ class DapJobsMixin:
 
     def _base_headers(self) -> dict[str, str]:
         raise NotImplementedError
+
+    # -- rate limits ----------------------------------------------------------------------------------
+
+    def raise_on_rate_limit(self) -> AbstractContextManager[None]:
+        """A block in which this thread's calls raise on DAP's first 429 instead of waiting.
+
+        Outside it, a 429 is waited on (``Retry-After``) for up to ``rate_limit_wait`` seconds.
+        Inside, :class:`~airflow_provider_instructure.exceptions.DapRateLimitError` is raised at
+        once, its ``retry_after`` holding the seconds DAP asked for (None when it did not say):
+        deferrable operators wrap job creation and table listing in it and wait in the triggerer,
+        holding neither a worker nor a pool slot. 5xx and connection errors are retried as usual.
+
+        .. code-block:: python
+
+            with hook.raise_on_rate_limit():
+                job = hook.start_query("users")  # DapRateLimitError on 429
+        """
+        return raising_rate_limits()
 
     # -- queries and jobs ------------------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 * 429: wait what ``Retry-After`` says (seconds or HTTP date; exponential back-off if absent),
   for up to ``rate_limit_wait`` seconds in total, so rate limits slow a task down instead
-  of failing it.
+  of failing it. Inside :func:`raising_rate_limits` a 429 is raised at once instead (as
+  :class:`DapRateLimitError` with ``retry_after``): deferrable operators then wait in the
+  triggerer, holding neither a worker nor a pool slot, for :func:`rate_limit_delay` seconds.
 * 5xx, unparseable proxy answers, connection errors and timeouts: exponential back-off with
   jitter, capped at ``retry_max_delay``, for up to ``retry_limit`` attempts.
 * Anything else (400/401/403/404...) is not retried.
@@ -12,6 +14,9 @@ from __future__ import annotations
 
 import random
 import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tenacity import RetryCallState, retry_if_exception
@@ -21,6 +26,43 @@ from airflow_provider_instructure.hooks.dap_protocol import is_retryable
 from airflow_provider_instructure.hooks.settings import DapSettings
 
 _SIGNED = re.compile(r"(X-Amz-(?:Signature|Credential|Security-Token)=)[^&\s'\"]+", re.IGNORECASE)
+
+
+#: per thread: whether a 429 is raised at once (see :func:`raising_rate_limits`)
+_raise_429 = threading.local()
+
+
+@contextmanager
+def raising_rate_limits() -> Iterator[None]:
+    """Within this block, calls made by this thread raise :class:`DapRateLimitError` on their first
+    429 instead of waiting on it; 5xx and connection errors are retried as usual.
+
+    Thread-local, so the hook's download threads and other tasks' threads keep waiting; the login
+    made on the way (whichever hook's token cache does it) is covered too.
+    """
+    previous = getattr(_raise_429, "on", False)
+    _raise_429.on = True
+    try:
+        yield
+    finally:
+        _raise_429.on = previous
+
+
+def rate_limit_delay(exc: DapRateLimitError, attempt: int, settings: DapSettings, *, spread: float = 0.0) -> float:
+    """Seconds to wait before repeating a call that DAP answered 429: its ``Retry-After`` when it
+    said (already parsed from seconds or an HTTP date), else exponential back-off from
+    ``retry_delay`` capped at ``retry_max_delay``; plus jitter.
+
+    :param attempt: 1 for the first 429 of this call, 2 for the next... (the back-off's exponent).
+    :param spread: extra jitter, as a fraction of the wait: tasks throttled together (a hundred
+        mapped tables) then come back spread over part of the window, not in one burst that the
+        limit turns away again.
+    """
+    if exc.retry_after is not None:
+        base = max(0.0, exc.retry_after)
+    else:
+        base = min(settings.retry_max_delay, settings.retry_delay * (2 ** max(0, attempt - 1)))
+    return base + random.random() * max(0.25 * max(1.0, settings.retry_delay), spread * base)
 
 
 def redact_url(text: str) -> str:
@@ -58,14 +100,14 @@ class RetryPolicy:
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
             if isinstance(exc, DapRateLimitError):
-                if exc.retry_after is not None:
-                    return exc.retry_after + random.random() * 0.25 * max(1.0, settings.retry_delay)
-                return backoff(state.attempt_number)
+                return rate_limit_delay(exc, state.attempt_number, settings)
             return backoff(counts["failures"])
 
         def stop(state: RetryCallState) -> bool:
             exc = state.outcome.exception() if state.outcome else None
             if isinstance(exc, DapRateLimitError):
+                if getattr(_raise_429, "on", False):
+                    return True  # the caller defers instead of sleeping here
                 return state.idle_for + wait(state) > settings.rate_limit_wait
             counts["failures"] += 1
             return counts["failures"] >= settings.retry_limit

@@ -21,7 +21,10 @@ DEFAULTS: dict[str, Any] = {
     "retry_limit": 6,  # attempts per call for 5xx/connection errors
     "retry_delay": 1.0,  # first back-off, seconds (exponential with jitter)
     "retry_max_delay": 60.0,
-    "rate_limit_wait": 900.0,  # total seconds one call may spend waiting on 429s
+    # Total seconds one call (in the worker) or one deferrable task's job creation (deferred) may
+    # spend waiting on 429s. An hour: at the documented 5 creations per minute, the last of ~100
+    # mapped tables gets its turn after ~20 minutes, and only a throttled account waits longer.
+    "rate_limit_wait": 3600.0,
     "refresh_margin": DEFAULT_REFRESH_MARGIN,
     "scope": None,
 }

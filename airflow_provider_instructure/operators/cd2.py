@@ -42,6 +42,7 @@ from airflow_provider_instructure.operators.cd2_jobs import (
     job_metadata,
     no_data_metadata,
 )
+from airflow_provider_instructure.operators.rate_limit import RateLimitDeferral
 from airflow_provider_instructure.triggers.cd2 import CD2JobTrigger
 
 
@@ -92,7 +93,7 @@ class _InstructureOperator(BaseOperator):
         return InstructureHook(self.instructure_conn_id)
 
 
-class ListCD2TablesOperator(_InstructureOperator):
+class ListCD2TablesOperator(RateLimitDeferral, _InstructureOperator):
     """List the tables of a DAP namespace and push the sorted names to XCom.
 
     The result is a plain list of names, ready for dynamic task mapping::
@@ -100,9 +101,15 @@ class ListCD2TablesOperator(_InstructureOperator):
         tables = ListCD2TablesOperator(task_id="tables", include=["course*", "users"])
         CD2QueryOperator.partial(task_id="query").expand(table=tables.output)
 
+    DAP allows a few table listings per minute: when it answers 429, a deferrable task waits in
+    the triggerer until ``Retry-After`` (see :mod:`.rate_limit`), others wait in the worker.
+
     :param namespace: DAP namespace (``canvas``, ``canvas_logs``...); the connection's default when None.
     :param include: glob pattern(s) a table must match (all tables when empty).
     :param exclude: glob pattern(s) that drop a table.
+    :param deferrable: wait out rate limits in the triggerer (default: ``[operators] default_deferrable``).
+    :param trigger_first_delay: deferrable only: shortest rate-limit deferral, seconds (default 10,
+        as :class:`CD2QueryOperator`'s).
     :param instructure_conn_id: the ``instructure`` connection.
     """
 
@@ -114,17 +121,23 @@ class ListCD2TablesOperator(_InstructureOperator):
         namespace: str | None = "canvas",
         include: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        trigger_first_delay: float = DEFAULT_TRIGGER_FIRST_DELAY,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.namespace = namespace
         self.include = include
         self.exclude = exclude
+        self.deferrable = deferrable
+        self.trigger_first_delay = trigger_first_delay
 
     def execute(self, context: Context) -> list[str]:
         include = _patterns(self.include, "include")
         exclude = _patterns(self.exclude, "exclude")
-        tables = self.hook.list_tables(self.namespace)
+        self.trigger_first_delay = _seconds(self.trigger_first_delay, "trigger_first_delay")
+        namespace = self.namespace or self.hook.settings.namespace
+        tables = self._rate_limited(f"table listing of {namespace!r}", lambda: self.hook.list_tables(namespace))
         chosen = filter_tables(tables, include, exclude)
         if not chosen:
             self.log.warning(
@@ -179,7 +192,7 @@ class GetCD2TableSchemaOperator(_InstructureOperator):
 # -- queries -------------------------------------------------------------------------------------
 
 
-class CD2QueryOperator(_InstructureOperator):
+class CD2QueryOperator(RateLimitDeferral, _InstructureOperator):
     """Run a snapshot or incremental query job on a CD2 table and return the job's metadata.
 
     The job starts on a worker; its status is checked once, then the task waits by deferring
@@ -187,6 +200,11 @@ class CD2QueryOperator(_InstructureOperator):
     free meanwhile) or, when not deferrable, by polling. The job id is remembered in the task
     instance's state store (Airflow 3.3+), so a retry of the same task instance resumes the same
     job instead of starting a new one.
+
+    DAP allows a few job creations per minute: when it answers 429, a deferrable task waits in the
+    triggerer until ``Retry-After`` (plus jitter, at least ``trigger_first_delay``) and then runs
+    again, holding no worker or pool slot meanwhile; the connection's ``rate_limit_wait`` caps the
+    total (see :mod:`.rate_limit`). A non-deferrable task waits in the worker.
 
     Returned to XCom: ``job_id``, ``namespace``, ``table``, ``kind`` (``snapshot`` or
     ``incremental``), ``at`` or ``since``/``until``, ``watermark`` (the next ``since``),
@@ -208,8 +226,9 @@ class CD2QueryOperator(_InstructureOperator):
         (templated; default 7: the checks at 1, 3 and 7 s), so a quick job never reaches the
         triggerer; 0 defers right after the job started.
     :param trigger_first_delay: deferrable only: seconds from the deferral to the trigger's first
-        check (templated; default 10, chosen by us: an earlier event can leave the task
-        ``up_for_retry`` on Airflow 3.3, apache/airflow issues 66374 and 72716).
+        check, and the shortest rate-limit deferral (templated; default 10, chosen by us: an
+        earlier event can leave the task ``up_for_retry`` on Airflow 3.3, apache/airflow issues
+        66374 and 72716).
     :param job_timeout: seconds to wait for the job before failing (None: no limit); it counts
         from the job's start, in the worker and in the triggerer.
     :param instructure_conn_id: the ``instructure`` connection.
@@ -272,9 +291,14 @@ class CD2QueryOperator(_InstructureOperator):
         self.poll_interval = _seconds(self.poll_interval, "poll_interval", positive=True)
         self.defer_after = _seconds(self.defer_after, "defer_after")
         self.trigger_first_delay = _seconds(self.trigger_first_delay, "trigger_first_delay")
+        carried = self._take_carried("query")
+        if carried is not None:
+            # Resumed after a rate-limit wait: ask for what was being created then (e.g. the
+            # snapshot a sync fell back to), whatever this run of execute() would have chosen.
+            since = carried.get("since")
         request = self._request(since)
         try:
-            job, request = self._start_or_resume(context, request)
+            job, request = self._start_or_resume(context, request, (carried or {}).get("effective"))
         except DapNoDataYetError as exc:  # the POST's answer; a failed job is handled in _complete
             return self._no_data(context, request, exc)
         deadline = None if self.job_timeout is None else time.monotonic() + float(self.job_timeout)
@@ -343,7 +367,11 @@ class CD2QueryOperator(_InstructureOperator):
             "mode": self.mode,
         }
 
-    def _start_or_resume(self, context: Context, request: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _start_or_resume(
+        self, context: Context, request: dict[str, Any], effective: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The job of an earlier try (task state store), or a new one; ``effective`` says how the
+        query differs from what was asked (``fallback_reason``)."""
         memory = _JobMemory(context, self.log)
         saved = memory.recall()
         if isinstance(saved, dict) and saved.get("request") == request:
@@ -355,10 +383,15 @@ class CD2QueryOperator(_InstructureOperator):
                 if JobStatus.of(job) is not JobStatus.FAILED:
                     self.log.info("Resuming job %s started by an earlier try of this task", saved["job_id"])
                     return job, {**request, **saved.get("effective", {})}
-        effective: dict[str, Any] = {}
+        effective = dict(effective or {})
         query = {k: v for k, v in request.items() if k in ("format", "mode", "since", "until")}
+        what = f"job creation for {request['namespace']}.{self.table}"
         try:
-            job = self.hook.start_query(self.table, request["namespace"], **query)
+            job = self._rate_limited(
+                what,
+                lambda: self.hook.start_query(self.table, request["namespace"], **query),
+                carry={"query": {"since": request.get("since"), "effective": effective}},
+            )
         except (DapSnapshotRequiredError, DapOutOfRangeError) as exc:
             if "since" not in request or not self.snapshot_fallback:
                 raise
@@ -370,8 +403,12 @@ class CD2QueryOperator(_InstructureOperator):
                 exc.error_type,
             )
             effective = {"fallback_reason": exc.error_type or type(exc).__name__}
-            job = self.hook.start_query(
-                self.table, request["namespace"], format=request["format"], mode=request.get("mode")
+            job = self._rate_limited(
+                what,
+                lambda: self.hook.start_query(
+                    self.table, request["namespace"], format=request["format"], mode=request.get("mode")
+                ),
+                carry={"query": {"since": None, "effective": effective}},
             )
         memory.remember({"job_id": job["id"], "request": request, "effective": effective})
         return job, {**request, **effective}

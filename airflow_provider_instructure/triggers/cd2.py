@@ -1,12 +1,15 @@
-"""``CD2JobTrigger``: wait for a DAP query job in the triggerer, freeing the worker."""
+"""Triggers: ``CD2JobTrigger`` waits for a DAP query job in the triggerer, freeing the worker;
+``CD2RateLimitTrigger`` waits out a rate limit (429) before a task asks DAP again."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
+from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_instructure.exceptions import DapJobFailed
@@ -112,3 +115,32 @@ class CD2JobTrigger(BaseTrigger):
         if job is not None:
             payload["job"] = job
         return TriggerEvent(payload)
+
+
+class CD2RateLimitTrigger(DateTimeTrigger):
+    """Fire at ``moment``: the end of a wait on DAP's rate limit (a 429 and its ``Retry-After``).
+
+    Airflow's standard :class:`DateTimeTrigger` (it does the waiting), whose event carries
+    ``payload`` as well: ``{"status": "rate_limit_over", "moment": <ISO-8601>, "rate_limit":
+    payload}``. The task needs that state (what it was creating, how long it has been throttled)
+    when it resumes, and ``dag.test()`` resumes with the event alone, dropping the deferral's
+    kwargs; a real triggerer passes both.
+
+    :param moment: when to fire (timezone-aware).
+    :param payload: JSON-native state handed back to the task in the event.
+    """
+
+    def __init__(self, moment: datetime, payload: dict[str, Any] | None = None) -> None:
+        super().__init__(moment=moment)
+        self.payload = dict(payload or {})
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            "airflow_provider_instructure.triggers.cd2.CD2RateLimitTrigger",
+            {"moment": self.moment, "payload": self.payload},
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        async for _ in super().run():  # the standard trigger's wait; its own event is the moment only
+            break
+        yield TriggerEvent({"status": "rate_limit_over", "moment": self.moment.isoformat(), "rate_limit": self.payload})
