@@ -10,6 +10,7 @@ import sys
 import time
 from datetime import timedelta
 
+import pytest
 import requests
 
 from airflow_provider_instructure.emulator.config import EmulatorConfig
@@ -139,10 +140,11 @@ def test_rate_limits_and_reset_routes(serve: Serve) -> None:
     assert all(api.get("/dap/query/canvas/table").status_code == 200 for _ in range(8))
 
 
-def test_module_entry_point_serves_and_prints_credentials() -> None:
+@pytest.mark.parametrize(("args", "canvas_tables"), [([], 90), (["--catalog", "core"], 14)])
+def test_module_entry_point_serves_and_prints_credentials(args: list[str], canvas_tables: int) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "airflow_provider_instructure.emulator", "--port", "0", "--rows", "3"],
+        [sys.executable, "-m", "airflow_provider_instructure.emulator", "--port", "0", "--rows", "3", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -170,6 +172,7 @@ def test_module_entry_point_serves_and_prints_credentials() -> None:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
         assert response.status_code == 200 and "users" in response.json()["tables"]
+        assert len(response.json()["tables"]) == canvas_tables
     finally:
         process.terminate()
         try:
