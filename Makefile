@@ -35,8 +35,9 @@ $(DAP_VENV)/.stamp: Makefile
 	$(DAP_VENV)/bin/pip --disable-pip-version-check -q install "instructure-dap-client[postgresql,mysql]==$(DAP_CLIENT_VERSION)"
 	touch $@
 
+# The demo serves the emulator's core 15 tables; `make demo DEMO_ARGS=--all-tables` serves all 91.
 demo: $(VENV)/.stamp-demo
-	$(VENV)/bin/python -m example_dags.run_demo
+	$(VENV)/bin/python -m example_dags.run_demo $(DEMO_ARGS)
 
 test: $(VENV)/.stamp-test $(DAP_VENV)/.stamp
 	DAP_CLI=$(CURDIR)/$(DAP_VENV)/bin/dap $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
