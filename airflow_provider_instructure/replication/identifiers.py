@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from airflow_provider_instructure.dap_schema import TableSchema
 from airflow_provider_instructure.replication.errors import ReplicationConfigError
+from airflow_provider_instructure.replication.tsv import HeaderField, Part
 
 #: Length of the hash suffix, in hex digits: 32 bits, so two long names of one table
 #: sharing their readable prefix collide with a chance of about 1 in 4 billion (and a
@@ -101,9 +102,35 @@ def mapped_schema(schema: TableSchema, names: dict[str, str]) -> TableSchema:
     return dataclasses.replace(schema, columns=columns)
 
 
+def remap_parts(parts: list[Part], schema: TableSchema, mapped: TableSchema) -> list[Part]:
+    """``parts`` (headers read with the DAP ``schema``) pointing at the ``mapped`` columns, so
+    every field's :attr:`~.tsv.HeaderField.name` is the target's column name."""
+    if mapped is schema:
+        return parts
+    target_column = dict(zip((c.name for c in schema.columns), mapped.columns, strict=True))
+    return [
+        dataclasses.replace(
+            part,
+            fields=tuple(
+                HeaderField(f.label, None if f.column is None else target_column[f.column.name]) for f in part.fields
+            ),
+        )
+        for part in parts
+    ]
+
+
 def shortened(names: dict[str, str]) -> dict[str, str]:
     """Only the entries of ``names`` whose target name differs from the original."""
     return {original: name for original, name in names.items() if original != name}
 
 
-__all__ = ["HASH_DIGITS", "char_length", "column_names", "mapped_schema", "shorten", "shortened", "utf8_length"]
+__all__ = [
+    "HASH_DIGITS",
+    "char_length",
+    "column_names",
+    "mapped_schema",
+    "remap_parts",
+    "shorten",
+    "shortened",
+    "utf8_length",
+]

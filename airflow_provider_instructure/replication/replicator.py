@@ -42,7 +42,6 @@ No Airflow, no HTTP: this package works on a DB-API connection and local files.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -61,12 +60,13 @@ from airflow_provider_instructure.replication.errors import (
     SnapshotRequired,
     WatermarkError,
 )
-from airflow_provider_instructure.replication.identifiers import column_names, mapped_schema, shortened
+from airflow_provider_instructure.replication.identifiers import column_names, mapped_schema, remap_parts, shortened
 from airflow_provider_instructure.replication.part_feed import PartFeed, StreamedParts
 from airflow_provider_instructure.replication.result import SyncResult
 from airflow_provider_instructure.replication.schema_changes import SchemaChange, diff_schemas
 from airflow_provider_instructure.replication.state import ORIGIN_DAP, STATE_TABLE, StateStore, SyncState
-from airflow_provider_instructure.replication.tsv import HeaderField, Part, read_part
+from airflow_provider_instructure.replication.state_table import ensure_state_table
+from airflow_provider_instructure.replication.tsv import Part, read_part
 from airflow_provider_instructure.replication.types import mysql_column_types, sql_type
 
 #: Result parts: a sequence of files, the directory that holds them, or (snapshots) parts
@@ -417,43 +417,7 @@ class TableReplicator:
             self.check_target()
 
     def _ensure_state_table(self, *, probe: bool = False) -> None:
-        sql = self._store.ensure_table_sql(self.target)
-        for attempt in range(3):
-            try:
-                with self._d.transaction() as cur:
-                    if self._d.table_kind(cur, self.target.schema, STATE_TABLE) == "table":
-                        upgrade = self._store.upgrade_sql(cur, self.target)
-                        for statement in upgrade:
-                            self.log.info("upgrading the state table: %s", statement)
-                            cur.execute(statement)
-                        if upgrade:
-                            self._store.forget_columns()
-                        return
-                    self._d.ensure_schema(cur, self.target)
-                    cur.execute(sql)
-                return
-            except ReplicationConfigError:
-                raise
-            except Exception as exc:
-                # Parallel first runs of tables sharing a schema race on CREATE ... IF NOT
-                # EXISTS (PostgreSQL then reports a duplicate catalog entry), and parallel
-                # upgrades on ADD COLUMN: look again.
-                self._store.forget_columns()
-                if attempt < 2 and self._state_table_current():
-                    return
-                if attempt < 2 and not probe:
-                    continue
-                if not probe:
-                    raise
-                raise ReplicationConfigError(
-                    f"cannot create the state table {self._d.qualify(self.target.schema, STATE_TABLE)}: {exc}"
-                ) from exc
-
-    def _state_table_current(self) -> bool:
-        with self._d.transaction(read_only=True) as cur:
-            if self._d.table_kind(cur, self.target.schema, STATE_TABLE) != "table":
-                return False
-            return not self._store.upgrade_sql(cur, self.target)
+        ensure_state_table(self._d, self._store, self.target, self.log, probe=probe)
 
     def _mapped(self, schema: TableSchema) -> tuple[TableSchema, dict[str, str]]:
         """``schema`` with the target's column names, and the names by DAP name
@@ -490,20 +454,7 @@ class TableReplicator:
         # Parts are numbered (part-00000-...); applying them in that order makes "the last
         # occurrence of a repeated key wins" deterministic.
         paths = sorted((Path(f) for f in files), key=lambda p: (p.name, str(p)))
-        parts = [read_part(p, schema, incremental=incremental) for p in paths]
-        if mapped is schema:
-            return parts
-        target_column = dict(zip((c.name for c in schema.columns), mapped.columns, strict=True))
-        return [
-            dataclasses.replace(
-                part,
-                fields=tuple(
-                    HeaderField(f.label, None if f.column is None else target_column[f.column.name])
-                    for f in part.fields
-                ),
-            )
-            for part in parts
-        ]
+        return remap_parts([read_part(p, schema, incremental=incremental) for p in paths], schema, mapped)
 
     def _column_types(self, schema: TableSchema) -> dict[str, str]:
         if isinstance(self._d, MySQLDialect):

@@ -104,8 +104,8 @@ _COLUMNS = (
     ("updated_at", "ts", False),
     ("name_map", "long_text", True),
 )
-#: Columns added after the first release, each with the DDL type role: added on first use.
-_ADDED_COLUMNS = ("name_map",)
+#: Columns added after the first release (text, nullable): added on first use (:mod:`.state_table`).
+ADDED_COLUMNS = ("name_map",)
 
 
 @dataclass(frozen=True)
@@ -209,31 +209,13 @@ class StateStore:
 
     def state_columns(self, cur: Any, target: Target) -> frozenset[str]:
         """The columns the target's state table has (it exists)."""
-        if self._columns is None or not self._columns.issuperset(_ADDED_COLUMNS):
+        if self._columns is None or not self._columns.issuperset(ADDED_COLUMNS):
             where = Target(target.schema, STATE_TABLE, "", "")
             self._columns = frozenset(self.d.live_columns(cur, where))
         return self._columns
 
-    def upgrade_sql(self, cur: Any, target: Target) -> list[str]:
-        """DDL bringing an existing state table of an older release to the current layout
-        (empty when it is current): the columns added since, and ``source_table`` widened to
-        varchar(255) (DAP table names longer than 64 characters)."""
-        have = self.state_columns(cur, target)
-        missing = [name for name in _ADDED_COLUMNS if name not in have]
-        if not missing:
-            return []
-        types = self.d.state_types
-        table = self.table_sql(target)
-        q = self.d.quote
-        statements = [f"ALTER TABLE {table} ADD COLUMN {q(name)} {types['long_text']}" for name in missing]
-        if self.d.name == "postgres":
-            statements.append(f"ALTER TABLE {table} ALTER COLUMN {q('source_table')} TYPE {types['key']}")
-        elif self.d.name == "mysql":
-            statements.append(f"ALTER TABLE {table} MODIFY COLUMN {q('source_table')} {types['key']} NOT NULL")
-        return statements
-
     def forget_columns(self) -> None:
-        """Read the state table's columns again next time (after :meth:`upgrade_sql` ran)."""
+        """Read the state table's columns again next time (after an upgrade, :mod:`.state_table`)."""
         self._columns = None
 
     # -- reading --------------------------------------------------------------------------
