@@ -326,7 +326,8 @@ class ObjectDownloader:
                         if (inflater is None or not gunzip) and chunk:
                             out.write(chunk)
                             written += len(chunk)
-                            tail = (tail + chunk)[-GZIP_TRAILER:]
+                            # Only the last 8 bytes: concatenating the whole chunk would copy 1 MiB each time.
+                            tail = (tail + chunk[-GZIP_TRAILER:])[-GZIP_TRAILER:]
                     if inflater is not None and gunzip:
                         tail = inflater.flush()
                         out.write(tail)
