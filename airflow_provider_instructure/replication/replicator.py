@@ -99,10 +99,11 @@ class TableReplicator:
         the connection's) or SQLite attached database (default ``main``).
     :param table_prefix: prepended to the table name. Default: none on PostgreSQL,
         ``<namespace>__`` on MySQL and SQLite unless ``target_schema`` is given (the naming
-        ``dap`` uses on MySQL).
+        ``dap`` uses on MySQL). A table or column name over the database's identifier limit
+        is shortened deterministically and recorded in the state row (:mod:`.identifiers`).
     :param log: logger; ``airflow_provider_instructure.replication.replicator`` by default.
     :raises ReplicationConfigError: for an unknown dialect, a connection of another driver,
-        a connection with a transaction in progress, or an over-long name.
+        a connection with a transaction in progress, or an over-long schema name.
     """
 
     def __init__(
