@@ -26,10 +26,15 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     tags=["example", "instructure"],
-    params={"namespace": "canvas", "poll_interval": 30},
+    # Trigger with {"tables": "course*"} to sync only the tables matching a glob.
+    params={"namespace": "canvas", "tables": "*", "poll_interval": 30},
 ) as dag:
-    # deferrable: a 429 on the listing (5/min) waits in the triggerer, not in a worker
-    tables = ListCD2TablesOperator(task_id="list_tables", namespace="{{ params.namespace }}", deferrable=True)
+    tables = ListCD2TablesOperator(
+        task_id="list_tables",
+        namespace="{{ params.namespace }}",
+        include="{{ params.tables }}",
+        deferrable=True,  # a 429 on the listing (5/min) waits in the triggerer, not in a worker
+    )
 
     # [START howto_operator_cd2_sync_table]
     synced = CD2SyncTableOperator.partial(

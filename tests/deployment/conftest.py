@@ -16,8 +16,6 @@ import contextlib
 import inspect
 import json
 import os
-import re
-import shutil
 import sys
 import tempfile
 import time
@@ -31,10 +29,10 @@ import pytest
 import requests
 
 from airflow_provider_instructure.emulator import Emulator
-from airflow_provider_instructure.emulator.config import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
 from airflow_provider_instructure.operators.cd2 import CD2QueryOperator
 from tests.conftest import unavailable
 from tests.deployment.deployment import AIRFLOW, PG, REPO, Deployment, DeploymentError, pg_connect, wait_for
+from tests.deployment.harness import bring_up
 
 SEED = 11
 ROWS = 20
@@ -47,6 +45,12 @@ FIRST_RUN_JOB_SECONDS = float(inspect.signature(CD2QueryOperator.__init__).param
 EXAMPLE_DAGS = ["example_cd2_list_tables", "example_cd2_snapshot_to_files", "example_cd2_sync_to_database"]
 RETRY_DAG = "e2e_retry_resumes_job"
 DAGS_DIR = Path(__file__).resolve().parent / "dags"
+#: The emulator CLI's options: the original 15 tables (14 in canvas), which every example DAG maps
+#: over; the full catalog has a deployment of its own (test_full_catalog.py).
+EMULATOR_ARGS = [
+    "--rows", str(ROWS), "--seed", str(SEED), "--clock-start", CLOCK_START.isoformat(), "--catalog", "core",
+    "--job-seconds", str(FIRST_RUN_JOB_SECONDS / 2),  # the time spent waiting, then as much running
+]  # fmt: skip
 
 
 @dataclass
@@ -85,45 +89,6 @@ def _check_prerequisites() -> None:
         unavailable(f"PostgreSQL at {PG['host']}:{PG['port']} (user {PG['user']}) is not reachable: {exc}")
 
 
-def _start_emulator(deployment: Deployment) -> str:
-    job_seconds = FIRST_RUN_JOB_SECONDS / 2  # --job-seconds is the time spent waiting, then running
-    service = deployment.start(
-        "emulator",
-        [
-            sys.executable, "-m", "airflow_provider_instructure.emulator", "--port", "0", "--rows", str(ROWS),
-            "--seed", str(SEED), "--clock-start", CLOCK_START.isoformat(), "--job-seconds", str(job_seconds),
-            "--catalog", "core",
-        ],
-    )  # fmt: skip
-
-    def url() -> str | None:
-        deployment.check_alive()
-        found = re.search(r"listening on (http://\S+)", service.log.read_text(errors="replace"))
-        return found.group(1) if found else None
-
-    return wait_for("the emulator to listen", url, 30, interval=0.2)
-
-
-def _connections(emulator_url: str, warehouse_db: str) -> dict[str, str]:
-    """The connections as a user sets them (the README's JSON form; a URI for PostgreSQL)."""
-    port = int(emulator_url.rsplit(":", 1)[1])
-    instructure = {"conn_type": "instructure", "host": emulator_url, "port": port, "login": DEMO_CLIENT_ID}
-    return {
-        "AIRFLOW_CONN_INSTRUCTURE_DEFAULT": json.dumps(
-            {
-                **instructure,
-                "password": DEMO_CLIENT_SECRET,
-                "extra": {"namespace": "canvas", "timeout": 60, "retry_limit": 6},
-            }
-        ),
-        # For the retry test DAG: one attempt per HTTP call, so one injected fault fails the try.
-        "AIRFLOW_CONN_INSTRUCTURE_FLAKY": json.dumps(
-            {**instructure, "password": DEMO_CLIENT_SECRET, "extra": {"retry_limit": 1}}
-        ),
-        "AIRFLOW_CONN_CD2_WAREHOUSE": f"postgresql://{PG['user']}@{PG['host']}:{PG['port']}/{warehouse_db}",
-    }
-
-
 def _report(request: pytest.FixtureRequest, text: str) -> None:
     """A line on the terminal even while output is captured (the kept AIRFLOW_HOME must be seen)."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
@@ -134,68 +99,32 @@ def _report(request: pytest.FixtureRequest, text: str) -> None:
         reporter.write_line(text)
 
 
-@pytest.fixture(scope="module")
-def e2e(request: pytest.FixtureRequest) -> Iterator[E2E]:
-    """Bring the deployment up, start every example DAG's first run, and tear everything down afterwards."""
+@contextlib.contextmanager
+def _deployment(request: pytest.FixtureRequest, prefix: str) -> Iterator[tuple[Deployment, str, list[str]]]:
+    """A new :class:`Deployment` (home, warehouse database name, databases made so far), stopped and
+    cleaned up afterwards whatever happened; the home is kept after a failure or with ``E2E_KEEP_HOME``."""
     _check_prerequisites()
     failed_before = request.session.testsfailed
-    deployment = Deployment(Path(tempfile.mkdtemp(prefix="airflow-e2e-")))
-    warehouse_db = f"cd2_e2e_{deployment.suffix}"
+    deployment = Deployment(Path(tempfile.mkdtemp(prefix=prefix)))
+    started = time.monotonic()
     created: list[str] = []
     leftovers: list[str] = []
-    # The original 15 tables (14 in canvas): every example DAG maps over them; the full catalog gets
-    # a run of its own.
-    twin = Emulator(seed=SEED, rows=ROWS, clock_start=CLOCK_START, catalog="core")
-    e2e = E2E(deployment, "", twin, warehouse_db, sorted(twin.dataset.tables["canvas"]))
-    came_up = False
+    clean = False
     try:
-        deployment.dags.mkdir()
-        deployment.process_logs.mkdir()
-        (deployment.home / "tmp").mkdir()
-        for source in [*sorted((REPO / "example_dags").glob("example_cd2_*.py")), *sorted(DAGS_DIR.glob("*.py"))]:
-            shutil.copy(source, deployment.dags / source.name)
-        for name in (deployment.metadata_db, warehouse_db):
-            deployment.create_database(name)
-            created.append(name)
-        e2e.emulator_url = _start_emulator(deployment)
-        deployment.extra_env.update(_connections(e2e.emulator_url, warehouse_db))
-        deployment.cli("db-migrate", "db", "migrate")
-        e2e.mark("migrated")
-        for component in ("api-server", "scheduler", "dag-processor", "triggerer"):
-            deployment.start_airflow(component)
-        # As the README tells a user: the pool, and the Variable the files example reads its target from.
-        deployment.cli_parallel(
-            {
-                "pools-set": ["pools", "set", "cd2_api", "5", "DAP job creation"],
-                "variables-set": ["variables", "set", "cd2_target", str(e2e.lake)],
-            }
-        )
-        deployment.wait_healthy(timeout=120)
-        deployment.wait_parsed([*EXAMPLE_DAGS, RETRY_DAG], timeout=120)
-        e2e.mark("up")
-        # First runs, as a user starts them: unpausing a scheduled DAG (catchup=False) starts its
-        # latest interval at once; the unscheduled one is triggered.
-        for dag_id in EXAMPLE_DAGS:
-            deployment.unpause(dag_id)
-        e2e.first_runs["example_cd2_list_tables"] = deployment.trigger("example_cd2_list_tables")
-        for dag_id in EXAMPLE_DAGS[1:]:
-            runs = wait_for(f"the first run of {dag_id}", lambda d=dag_id: deployment.runs(d), 60)
-            e2e.first_runs[dag_id] = runs[0]["run_id"]
-        came_up = True
-        yield e2e
+        yield deployment, f"cd2_e2e_{deployment.suffix}", created
+        clean = True  # the body raised nothing (a failed test is counted below)
     finally:
-        e2e.mark("tests done")
+        deployment.timings["tests done"] = round(time.monotonic() - started, 1)
         leftovers = deployment.stop()
-        e2e.mark("stopped")
+        deployment.timings["stopped"] = round(time.monotonic() - started, 1)
         for name in created:
             try:
                 deployment.drop_database(name)
             except Exception as exc:
                 _report(request, f"could not drop database {name}: {exc}")
-        twin.close()
         (deployment.home / "timings.json").write_text(json.dumps(deployment.timings, indent=2))
         _report(request, f"\ndeployment test timings (s): {deployment.timings}")
-        failed = not came_up or request.session.testsfailed > failed_before
+        failed = not clean or request.session.testsfailed > failed_before
         if failed or leftovers or os.environ.get("E2E_KEEP_HOME"):
             _report(request, f"deployment test: logs and AIRFLOW_HOME kept in {deployment.home}")
         else:
@@ -204,3 +133,34 @@ def e2e(request: pytest.FixtureRequest) -> Iterator[E2E]:
         raise DeploymentError(
             "processes of the deployment outlived their process groups and were killed by pid: " + "; ".join(leftovers)
         )
+
+
+@pytest.fixture(scope="module")
+def e2e(request: pytest.FixtureRequest) -> Iterator[E2E]:
+    """Bring the deployment up, start every example DAG's first run, and tear everything down afterwards."""
+    twin = Emulator(seed=SEED, rows=ROWS, clock_start=CLOCK_START, catalog="core")
+    try:
+        with _deployment(request, "airflow-e2e-") as (deployment, warehouse_db, created):
+            e2e = E2E(deployment, "", twin, warehouse_db, sorted(twin.dataset.tables["canvas"]))
+            e2e.started = time.monotonic()
+            e2e.emulator_url = bring_up(
+                deployment,
+                dag_files=[*sorted((REPO / "example_dags").glob("example_cd2_*.py")), *sorted(DAGS_DIR.glob("*.py"))],
+                dag_ids=[*EXAMPLE_DAGS, RETRY_DAG],
+                emulator_args=EMULATOR_ARGS,
+                warehouse_db=warehouse_db,
+                variables={"cd2_target": str(e2e.lake)},
+                created=created,
+                mark=e2e.mark,
+            )
+            # First runs, as a user starts them: unpausing a scheduled DAG (catchup=False) starts its
+            # latest interval at once; the unscheduled one is triggered.
+            for dag_id in EXAMPLE_DAGS:
+                deployment.unpause(dag_id)
+            e2e.first_runs["example_cd2_list_tables"] = deployment.trigger("example_cd2_list_tables")
+            for dag_id in EXAMPLE_DAGS[1:]:
+                runs = wait_for(f"the first run of {dag_id}", lambda d=dag_id: deployment.runs(d), 60)
+                e2e.first_runs[dag_id] = runs[0]["run_id"]
+            yield e2e
+    finally:
+        twin.close()

@@ -55,10 +55,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def pg_connect(dbname: str, *, autocommit: bool = True) -> Any:
+def pg_connect(dbname: str, *, autocommit: bool = True, patience: float = 60.0) -> Any:
+    """A psycopg2 connection; waits up to ``patience`` seconds while the server has no free connection.
+
+    The PostgreSQL server is shared with every other test run on the machine (100 connections by
+    default): a moment at its limit must not fail the deployment test's own polling.
+    """
     import psycopg2
 
-    conn = psycopg2.connect(dbname=dbname, connect_timeout=5, **PG)
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            conn = psycopg2.connect(dbname=dbname, connect_timeout=5, **PG)
+            break
+        except psycopg2.OperationalError as exc:
+            if "too many clients" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
     conn.autocommit = autocommit
     return conn
 
