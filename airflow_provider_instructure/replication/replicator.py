@@ -361,9 +361,16 @@ class TableReplicator:
                 since=since,
                 until=until,
             )
-        # Both schemas with the target's column names (the same rule maps both), so the
+        # The state row's names describe the live table: they win over the rule (the same
+        # today, but a table built by another release keeps its names).
+        recorded = state.name_map.get("columns") or {}
+        if any(names.get(dap) not in (None, used) for dap, used in recorded.items()):
+            schema, names = self._mapped(original, recorded)
+            with timer.phase("prepare"):
+                parts = self._read_parts(files, original, schema, incremental=True)
+        # Both schemas with the target's column names (one mapping for both), so the
         # change's DDL names the columns as the table has them.
-        change = diff_schemas(self._mapped(state.schema())[0], schema)
+        change = diff_schemas(self._mapped(state.schema(), recorded)[0], schema)
         if not change.in_place:
             raise SchemaChangeRequiresSnapshot(
                 f"schema of {self.namespace}.{self.table} changed from version {change.old_version} to "
@@ -420,10 +427,13 @@ class TableReplicator:
     def _ensure_state_table(self, *, probe: bool = False) -> None:
         ensure_state_table(self._d, self._store, self.target, self.log, probe=probe)
 
-    def _mapped(self, schema: TableSchema) -> tuple[TableSchema, dict[str, str]]:
+    def _mapped(
+        self, schema: TableSchema, recorded: dict[str, str] | None = None
+    ) -> tuple[TableSchema, dict[str, str]]:
         """``schema`` with the target's column names, and the names by DAP name
-        (:mod:`.identifiers`: a name over the identifier limit is shortened)."""
-        names = column_names(schema, self._d.fit)
+        (:mod:`.identifiers`: a name over the identifier limit is shortened; ``recorded``,
+        the state row's names, take precedence)."""
+        names = column_names(schema, lambda name: (recorded or {}).get(name) or self._d.fit(name))
         if shortened(names):
             self.log.info(
                 "%s.%s: column name(s) over the %s identifier limit are shortened: %s",

@@ -239,3 +239,34 @@ def test_a_state_table_of_the_previous_layout_is_upgraded_in_place(db: Database,
         assert width == [(255,)]
     again = TableReplicator(conn, db.dialect, *key).read_state()
     assert again is not None and again.watermark == inc.until
+
+
+def test_the_recorded_names_win_over_the_rule_for_the_live_table(
+    db: Database, server: EmulatorServer, tmp_path: Any
+) -> None:
+    """A later run loads into the columns the state row names (a table built by another
+    release, or renamed and recorded by hand), not into what the rule would derive today."""
+    fetch = DapFetcher(server, tmp_path / "dap")
+    conn = db.connect()
+    snap = fetch.snapshot("canvas", LONG_TABLE)
+    first = TableReplicator(conn, db.dialect, "canvas", LONG_TABLE)
+    first.apply_snapshot(snap.files, versioned_schema=snap.versioned_schema, at=snap.at, job_id=snap.job_id)
+    q = db.quote
+    param = "?" if db.dialect == "sqlite" else "%s"
+    db.query(f"ALTER TABLE {db.qualified(first.target)} RENAME COLUMN {q(_fit(db.dialect, LONG_A))} TO {q('custom_a')}")
+    state_sql = f"{q(first.target.schema)}.{q(STATE_TABLE)}"
+    recorded = dict(first.read_state().name_map)  # type: ignore[union-attr]
+    recorded["columns"] = {**recorded.get("columns", {}), LONG_A: "custom_a"}
+    db.query(f"UPDATE {state_sql} SET {q('name_map')} = {param}", (json.dumps(recorded),))
+
+    server.emulator.advance(updates=1.0, inserts=2, deletes=2)
+    inc = fetch.incremental("canvas", LONG_TABLE, snap.watermark)
+    later = TableReplicator(conn, db.dialect, "canvas", LONG_TABLE)
+    later.apply_incremental(
+        inc.files, versioned_schema=inc.versioned_schema, since=inc.since, until=inc.until, job_id=inc.job_id
+    )
+    names = {n: _fit(db.dialect, n) for n in (LONG_B, MULTIBYTE)} | {LONG_A: "custom_a"}
+    expected = expected_table(server, "canvas", LONG_TABLE, inc.until, inc.versioned_schema)
+    actual = replica_table(conn, db.dialect, db.qualified(later.target), inc.versioned_schema, names)
+    assert_same_rows(actual, expected, f"{db.dialect} incremental into the recorded names")
+    assert later.read_state().name_map["columns"][LONG_A] == "custom_a"  # type: ignore[union-attr]
