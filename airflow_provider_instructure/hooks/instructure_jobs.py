@@ -35,7 +35,7 @@ from airflow_provider_instructure.hooks.dap_protocol import (
     job_failure,
     parse_timestamp,
 )
-from airflow_provider_instructure.hooks.downloads import ObjectDownloader, Truncated, UrlExpired
+from airflow_provider_instructure.hooks.downloads import DEFAULT_CONCURRENCY, ObjectDownloader, Truncated, UrlExpired
 from airflow_provider_instructure.hooks.part_stream import PartStream
 from airflow_provider_instructure.hooks.retry import RetryPolicy, raising_rate_limits
 
@@ -260,7 +260,7 @@ class DapJobsMixin:
         job: dict[str, Any] | Sequence[str],
         target: Any,
         *,
-        concurrency: int = 4,
+        concurrency: int = DEFAULT_CONCURRENCY,
         decompress: bool = False,
         inspect: bool = True,
         reuse: bool = False,
@@ -270,7 +270,7 @@ class DapJobsMixin:
         :param job: the complete job object (or just its object ids).
         :param target: a local directory, or an ``ObjectStoragePath`` (S3, GCS, Azure... through
             their Airflow providers).
-        :param concurrency: parallel downloads.
+        :param concurrency: parallel downloads (default 8, see ``downloads.DEFAULT_CONCURRENCY``).
         :param decompress: gunzip TSV/CSV/JSONL on the fly (not valid for parquet).
         :param inspect: inflate compressed parts in-stream to count rows and verify the gzip
             trailer; turn off when the consumer reads every byte anyway.
@@ -302,7 +302,7 @@ class DapJobsMixin:
         object_ids: Sequence[str],
         target: str | PathLike[str],
         *,
-        concurrency: int = 4,
+        concurrency: int = DEFAULT_CONCURRENCY,
         window: int | None = None,
         inspect: bool = True,
         reuse: bool = False,

@@ -14,6 +14,7 @@ from typing import Any
 from airflow_provider_instructure._compat import Context
 from airflow_provider_instructure.assets import emit_table_event
 from airflow_provider_instructure.exceptions import InstructureConfigError
+from airflow_provider_instructure.hooks.downloads import DEFAULT_CONCURRENCY
 from airflow_provider_instructure.operators.cd2 import CD2QueryOperator
 from airflow_provider_instructure.operators.file_watermark import read_watermark, table_dir, write_watermark
 
@@ -48,7 +49,7 @@ class CD2DownloadOperator(CD2QueryOperator):
     :param table: run the query here instead (mutually exclusive with ``job``).
     :param target: where to write.
     :param incremental: continue from the stored watermark (requires ``table``).
-    :param concurrency: parallel downloads.
+    :param concurrency: parallel downloads (default 8, see ``downloads.DEFAULT_CONCURRENCY``).
     :param decompress: gunzip TSV/CSV/JSONL on the fly.
     :param kwargs: the query arguments of :class:`CD2QueryOperator` (``namespace``, ``format``...).
     """
@@ -63,7 +64,7 @@ class CD2DownloadOperator(CD2QueryOperator):
         job: dict[str, Any] | None = None,
         table: str | None = None,
         incremental: bool = False,
-        concurrency: int = 4,
+        concurrency: int = DEFAULT_CONCURRENCY,
         decompress: bool = False,
         **kwargs: Any,
     ) -> None:

@@ -19,7 +19,7 @@ from airflow_provider_instructure.exceptions import (
     InstructureConfigError,
     InstructureError,
 )
-from airflow_provider_instructure.hooks.downloads import safe_name
+from airflow_provider_instructure.hooks.downloads import DEFAULT_CONCURRENCY, safe_name
 from airflow_provider_instructure.operators.cd2 import CD2QueryOperator
 from airflow_provider_instructure.operators.sync_workdir import (
     JobDirClaim,
@@ -76,7 +76,8 @@ class CD2SyncTableOperator(CD2QueryOperator):
         (default: the connection's) or SQLite attached database.
     :param table_prefix: prepended to the table name (default: none on PostgreSQL,
         ``<namespace>__`` on MySQL and SQLite, as ``dap`` names tables there).
-    :param download_concurrency: parallel downloads of result parts. A snapshot is pipelined:
+    :param download_concurrency: parallel downloads of result parts (default 8: see
+        ``DEFAULT_CONCURRENCY`` in :mod:`~..hooks.downloads` for the measurement). A snapshot is pipelined:
         part ``k`` loads while the next ones download, with at most this many parts on disk at
         once (each deleted as soon as its rows are in the table being built), so its wall time
         tends to the longer of download and load rather than their sum.
@@ -107,7 +108,7 @@ class CD2SyncTableOperator(CD2QueryOperator):
         namespace: str | None = "canvas",
         destination_schema: str | None = None,
         table_prefix: str | None = None,
-        download_concurrency: int = 4,
+        download_concurrency: int = DEFAULT_CONCURRENCY,
         workdir: str | None = None,
         **kwargs: Any,
     ) -> None:
