@@ -131,6 +131,44 @@ def baseline_rss(python: Path | str, imports: Sequence[str], env: dict[str, str]
     return run_measured([str(python), "-c", code], env=env).check(f"baseline import of {imports}").peak_rss_mb
 
 
+class DiskSampler:
+    """Peak bytes of the files under ``folder`` (and how many there were then), sampled every
+    ``interval`` seconds on a thread while the ``with`` block runs. A sample can miss a peak
+    shorter than the interval; parts live far longer than that."""
+
+    def __init__(self, folder: Path, interval: float = 0.05) -> None:
+        self.folder = folder
+        self.interval = interval
+        self.peak = 0
+        self.peak_files = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        total = files = 0
+        for root, _dirs, names in os.walk(self.folder):
+            for name in names:
+                try:
+                    total += os.stat(os.path.join(root, name)).st_size
+                    files += 1
+                except OSError:  # removed between listing and stat
+                    pass
+        if total > self.peak:
+            self.peak, self.peak_files = total, files
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> DiskSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 # -- the emulator in its own process -----------------------------------------------------------------
 
 
@@ -296,6 +334,12 @@ class EmulatorProcess:
         response = self._session.post(f"{self.url}/_emulator/advance", json={"tables": tables, **amounts}, timeout=600)
         response.raise_for_status()
         return str(response.json()["ts"])
+
+    def configure(self, **values: Any) -> dict[str, Any]:
+        """Change emulator settings (``PATCH /_emulator/config``), e.g. ``download_bandwidth``."""
+        response = self._session.patch(f"{self.url}/_emulator/config", json=values, timeout=30)
+        response.raise_for_status()
+        return response.json()
 
     def stats(self) -> dict[str, Any]:
         response = self._session.get(f"{self.url}/_emulator/stats", timeout=30)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import json
 import math
 import os
@@ -47,9 +48,11 @@ from _common import (  # the benchmarks folder is not a package: found through s
 HOOK_IMPORTS = ("airflow_provider_instructure.hooks.instructure",)
 DAP_IMPORTS = ("dap.__main__", "dap.api")
 HEADERS = (
-    "job", "client", "files", "MB", "seconds", "MB/s", "in-process s", "peak RSS MB", "baseline MB",
-    "peak - baseline MB",
+    "job", "cap", "client", "conns", "files", "MB", "seconds", "MB/s", "in-process s", "in-process MB/s",
+    "peak RSS MB", "baseline MB", "peak - baseline MB",
 )  # fmt: skip
+#: Parallel downloads of the official CLI (``dap snapshot`` has no option for it).
+DAP_CONCURRENCY = 4
 
 
 def bytes_per_row(namespace: str, table: str, fmt: str, sample: int = 3000) -> float:
@@ -87,7 +90,7 @@ def worker(args: argparse.Namespace) -> None:
     job = hook.start_query(args.table, args.namespace, format=args.format)
     if job["status"] != "complete":
         job = hook.wait_for_job(job["id"], poll_interval=1.0)
-    files = hook.download_objects(job, args.worker, concurrency=args.concurrency)
+    files = hook.download_objects(job, args.worker, concurrency=args.concurrency[0], inspect=args.inspect[0] == "on")
     seconds = time.perf_counter() - started
     print(
         json.dumps(
@@ -122,60 +125,91 @@ def run_size(args: argparse.Namespace, target_mb: float, per_row: float) -> list
             env = clean_env(AIRFLOW_CONN_INSTRUCTURE_DEFAULT=emulator.connection_json())
             ours_base = baseline_rss(sys.executable, HOOK_IMPORTS, env)
             dap_base = baseline_rss(dap_python(), DAP_IMPORTS, clean_env())
-            measured: list[tuple[str, Measured, float, int, int, float | str]] = []
-            for repeat in range(args.repeat):
-                remove(ours_dir)
-                log(f"ours: download_objects (run {repeat + 1})")
-                ours = run_measured(
-                    [
-                        sys.executable, __file__, "--worker", str(ours_dir), "--table", args.table,
-                        "--namespace", args.namespace, "--format", args.format,
-                        "--concurrency", str(args.concurrency),
-                    ],
-                    env=env,
-                ).check("our download")  # fmt: skip
-                result = ours.last_json()
-                if result["job_id"] != job["id"]:
-                    sys.exit(f"our hook got job {result['job_id']}, not the warmed job {job['id']}")
-                n, b = files_on_disk(ours_dir)
-                measured.append(("ours: InstructureHook.download_objects", ours, ours_base, n, b, result["seconds"]))
-                remove(dap_dir)
-                dap_dir.mkdir(parents=True)
-                log(f"official: dap snapshot (run {repeat + 1})")
-                cli = run_measured(
-                    emulator.dap_command(
-                        "snapshot", "--namespace", args.namespace, "--table", args.table,
-                        "--format", args.format, "--output-directory", str(dap_dir),
-                    ),
-                    env=clean_env(),
-                    cwd=dap_dir,
-                ).check("dap snapshot")  # fmt: skip
-                n2, b2 = files_on_disk(dap_dir)
-                measured.append(("official: dap snapshot", cli, dap_base, n2, b2, "n/a"))
+            measured: list[tuple[float, str, int, Measured, float, int, int, float | str]] = []
+            for cap in args.bandwidth:
+                emulator.configure(download_bandwidth=cap)
+                for repeat in range(args.repeat):
+                    for inspect, conns in itertools.product(args.inspect, args.concurrency):
+                        remove(ours_dir)
+                        label = f"ours: download_objects, inspect={inspect == 'on'}"
+                        log(f"cap {_cap(cap)}: {label}, {conns} connections (run {repeat + 1})")
+                        ours = run_measured(
+                            [
+                                sys.executable, __file__, "--worker", str(ours_dir), "--table", args.table,
+                                "--namespace", args.namespace, "--format", args.format,
+                                "--concurrency", str(conns), "--inspect", inspect,
+                            ],
+                            env=env,
+                        ).check("our download")  # fmt: skip
+                        result = ours.last_json()
+                        if result["job_id"] != job["id"]:
+                            sys.exit(f"our hook got job {result['job_id']}, not the warmed job {job['id']}")
+                        n, b = files_on_disk(ours_dir)
+                        measured.append((cap, label, conns, ours, ours_base, n, b, result["seconds"]))
+                    if args.no_dap:
+                        continue
+                    remove(dap_dir)
+                    dap_dir.mkdir(parents=True)
+                    log(f"cap {_cap(cap)}: official, dap snapshot (run {repeat + 1})")
+                    cli = run_measured(
+                        emulator.dap_command(
+                            "snapshot", "--namespace", args.namespace, "--table", args.table,
+                            "--format", args.format, "--output-directory", str(dap_dir),
+                        ),
+                        env=clean_env(),
+                        cwd=dap_dir,
+                    ).check("dap snapshot")  # fmt: skip
+                    n2, b2 = files_on_disk(dap_dir)
+                    measured.append((cap, "official: dap snapshot", DAP_CONCURRENCY, cli, dap_base, n2, b2, "n/a"))
             jobs = emulator.stats()["jobs_created"]
             if jobs != 1:
                 sys.exit(f"the emulator created {jobs} jobs: the clients did not share the warmed job")
         finally:
             for folder in (ours_dir, dap_dir):
                 remove(folder)
-    for label, m, base, n, b, inner in measured:
+    for cap, label, conns, m, base, n, b, inner in measured:
         if b != size:
             sys.exit(f"{label} wrote {b} bytes, the job has {size}")
         out.append(
             [
                 f"{size / 1e6:.0f} MB",
+                _cap(cap),
                 label,
+                conns,
                 n,
                 round(b / 1e6, 1),
                 m.seconds,
                 b / 1e6 / m.seconds,
                 inner,
+                b / 1e6 / inner if isinstance(inner, float) else "n/a",
                 m.peak_rss_mb,
                 base,
                 m.peak_rss_mb - base,
             ]
         )
     return out
+
+
+def _cap(bandwidth: float) -> str:
+    return "none" if not bandwidth else f"{bandwidth / 1e6:g} MB/s/conn"
+
+
+def ratios(rows: list[list[object]]) -> list[str]:
+    """Per job and cap: each of our runs' in-process MB/s over the official CLI's whole-process MB/s."""
+    lines = []
+    for job, cap in dict.fromkeys((r[0], r[1]) for r in rows):
+        same = [r for r in rows if r[0] == job and r[1] == cap]
+        official = [float(r[7]) for r in same if str(r[2]).startswith("official")]  # type: ignore[arg-type]
+        if not official:
+            continue
+        best = max(official)
+        for r in same:
+            if str(r[2]).startswith("ours"):
+                lines.append(
+                    f"{job}, cap {cap}: {str(r[2])[6:]}, {r[3]} connections, in-process {float(r[9]):.1f} MB/s = "  # type: ignore[arg-type]
+                    f"{float(r[9]) / best:.2f}x the official CLI's whole-process {best:.1f} MB/s (4 connections)"  # type: ignore[arg-type]
+                )
+    return lines
 
 
 def main() -> None:
@@ -186,7 +220,25 @@ def main() -> None:
     parser.add_argument("--namespace", default="canvas")
     parser.add_argument("--format", default="jsonl", choices=("jsonl", "tsv", "csv"))
     parser.add_argument("--rows-per-part", type=int, default=100_000, help="emulator: maximum rows per part")
-    parser.add_argument("--concurrency", type=int, default=4, help="our parallel downloads (dap uses 4)")
+    parser.add_argument(
+        "--concurrency", type=int, nargs="+", default=[4], help="our parallel downloads, one run each (dap uses 4)"
+    )
+    parser.add_argument(
+        "--bandwidth",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="emulator cap per download connection in bytes/s, one run each (0: none), e.g. 0 5e6",
+    )
+    parser.add_argument(
+        "--inspect",
+        nargs="+",
+        choices=("on", "off"),
+        default=["on", "off"],
+        help="ours with inspect=True (gzip CRC checked and rows counted: CD2DownloadOperator) and/or "
+        "inspect=False (Content-Length only, like dap: what the sync uses); default both",
+    )
+    parser.add_argument("--no-dap", action="store_true", help="skip the official CLI")
     parser.add_argument("--repeat", type=int, default=1, help="runs per client and size")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -195,6 +247,7 @@ def main() -> None:
         return
     os.environ.setdefault("DAP_TRACKING", "false")
     os.environ["AIRFLOW_HOME"] = str(airflow_home())
+    load_before = os.getloadavg()
     per_row = bytes_per_row(args.namespace, args.table, args.format)
     sizes = [args.mb[0]] if args.rows else args.mb
     rows: list[list[object]] = []
@@ -207,13 +260,23 @@ def main() -> None:
         "whole client process (start-up included); in-process s: start_query + download_objects inside it; "
         "peak RSS from wait4; baseline: a process that only imports the same modules",
     )
+    for line in ratios(rows):
+        print(line)
+    print(
+        "load average (1/5/15 min) before: {:.2f} {:.2f} {:.2f}; after: {:.2f} {:.2f} {:.2f} ({} cores)".format(
+            *load_before, *os.getloadavg(), os.cpu_count()
+        )
+    )
     growth = {}
-    for label in {r[1] for r in rows}:
-        mine = [r for r in rows if r[1] == label]
-        if len(mine) >= 2:
-            growth[label] = (mine[-1][9] - mine[0][9], mine[0][0], mine[-1][0])  # type: ignore[operator]
-    for label, (delta, small, big) in sorted(growth.items()):
-        print(f"{label}: peak - baseline grows by {delta:+.1f} MB from the {small} job to the {big} job")
+    for key in {(r[1], r[2], r[3]) for r in rows}:
+        mine = [r for r in rows if (r[1], r[2], r[3]) == key]
+        if len({r[0] for r in mine}) >= 2:
+            growth[key] = (mine[-1][12] - mine[0][12], mine[0][0], mine[-1][0])  # type: ignore[operator]
+    for (cap, label, conns), (delta, small, big) in sorted(growth.items(), key=str):
+        print(
+            f"{label} ({conns} connections, cap {cap}): peak - baseline grows by {delta:+.1f} MB "
+            f"from the {small} job to the {big} job"
+        )
 
 
 if __name__ == "__main__":
