@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -96,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         from airflow.utils.db import resetdb
 
         resetdb()
+        # A previous run's files and warehouse hold watermarks of a previous emulator: starting
+        # from them would ask this one for changes it never made (and, within the same hour,
+        # for a replica newer than its first snapshot). The demo starts clean, like its database.
+        for stale in (REPO / "demo-output" / "cd2-lake", REPO / "demo-output" / "warehouse.db"):
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink(missing_ok=True)
 
         banner("example_cd2_list_tables: ListCD2TablesOperator -> schema per table")
         run = run_dag("example_dags.example_cd2_list_tables")
