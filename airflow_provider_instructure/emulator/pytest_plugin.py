@@ -14,6 +14,10 @@ Fixtures:
 * ``dap_emulator``: that server, with counters, faults, rate limits and settings reset after
   each test (data and jobs persist; use ``dap_emulator_factory`` for a private dataset).
 * ``dap_emulator_factory``: ``factory(**kwargs)`` starts a private server, stopped at teardown.
+
+The shared server serves the full catalog (every table DAP exposes: 90 ``canvas`` tables and
+``canvas_logs.web_logs``), 40 rows in each of the 15 core tables and 10 in the others; pass
+``catalog="core"`` to the factory for the 15 core tables only.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ class EmulatorServer:
     :param host: interface to bind.
     :param port: port to bind; 0 picks a free one.
     :param log_level: uvicorn log level.
+    :param emulator_kwargs: passed to :class:`Emulator` (``rows``, ``seed``, ``catalog="core"``...).
     """
 
     def __init__(
