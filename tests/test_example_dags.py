@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_instructure.emulator import Emulator, EmulatorConfig
-from airflow_provider_instructure.emulator.server import EmulatorServer
 from airflow_provider_instructure.operators.file_watermark import read_watermark
 from tests.conftest import REPO
 
@@ -54,11 +53,14 @@ def test_example_dags_import_without_errors() -> None:
     assert {"example_cd2_list_tables", "example_cd2_snapshot_to_files"} <= set(bag.dag_ids)
 
 
-def test_list_tables_dag(airflow_db, instructure_conn: EmulatorServer) -> None:
+def test_list_tables_dag(airflow_db, dap_emulator_factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The core tables: the DAG maps a schema task over every table, and 15 show the same as 90.
+    server = dap_emulator_factory(rows=5, catalog="core")
+    monkeypatch.setenv("AIRFLOW_CONN_INSTRUCTURE_DEFAULT", server.connection_json())
     module = importlib.import_module("example_dags.example_cd2_list_tables")
     run = module.dag.test()
     assert run.state == "success"
-    served = sorted(instructure_conn.emulator.dataset.tables["canvas"])
+    served = sorted(server.emulator.dataset.tables["canvas"])
     assert xcom_values(run.run_id, "list_tables") == [served]
     assert xcom_values(run.run_id, "summarize") == [{"tables": len(served), "max_schema_version": 1}]
 
