@@ -62,6 +62,8 @@ class PartStream:
         self.on_disk = 0
         #: Most parts that held a slot at once (what ``window`` bounds).
         self.peak_on_disk = 0
+        #: Seconds the consumer spent waiting for a part to land (the load idle, download-bound).
+        self.wait_seconds = 0.0
         #: The parts handed to the consumer so far.
         self.files: list[DownloadedFile] = []
         self.started = time.monotonic()
@@ -101,6 +103,7 @@ class PartStream:
 
     def __iter__(self) -> Iterator[DownloadedFile]:
         for index in range(len(self._ids)):
+            clock = time.monotonic()
             with self._cond:
                 while self._futures[index] is None:
                     if self._stop.is_set():
@@ -108,7 +111,10 @@ class PartStream:
                     self._cond.wait(0.05)
                 future = self._futures[index]
             assert future is not None
-            file = future.result()  # a download error surfaces here, at the part it concerns
+            try:
+                file = future.result()  # a download error surfaces here, at the part it concerns
+            finally:
+                self.wait_seconds += time.monotonic() - clock
             with self._cond:
                 self._held[str(Path(file.path))] = True
             self.files.append(file)

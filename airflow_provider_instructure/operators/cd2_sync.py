@@ -209,7 +209,11 @@ class CD2SyncTableOperator(CD2QueryOperator):
             remove_other_jobs(workdir, self.log)
             clock = time.monotonic()
             if meta["kind"] == "snapshot":
-                result, destination, files, phases["download"] = self._pipelined_snapshot(meta, workdir)
+                result, destination, files, download, waited = self._pipelined_snapshot(meta, workdir)
+                # Overlapping phases: "download" runs until the last part landed; "load" includes
+                # "waiting_for_parts", the time the load sat idle until the next part landed.
+                phases["download"] = download
+                phases["waiting_for_parts"] = waited
             else:
                 # An incremental stages every part's header before its first row, so its parts
                 # are all downloaded first (they are small next to a snapshot's).
@@ -277,13 +281,16 @@ class CD2SyncTableOperator(CD2QueryOperator):
             )
         return schema
 
-    def _pipelined_snapshot(self, meta: dict[str, Any], workdir: Path) -> tuple[Any, str, list[dict[str, Any]], float]:
+    def _pipelined_snapshot(
+        self, meta: dict[str, Any], workdir: Path
+    ) -> tuple[Any, str, list[dict[str, Any]], float, float]:
         """Load a snapshot while its parts download: part ``k`` loads while ``k+1...`` download,
         at most ``download_concurrency`` parts on disk at once, each deleted once its rows are in
         the table being built (nothing is visible before the whole table commits).
 
         :returns: the replication result, the destination URI, the parts (as download_objects
-            lists them) and the seconds until the last part had landed.
+            lists them), the seconds until the last part had landed and the seconds the load
+            waited for parts.
         """
         # The loader takes parts in name order (part-00000 first); download them in that order.
         object_ids = sorted((o["id"] if isinstance(o, dict) else str(o) for o in meta["objects"]), key=safe_name)
@@ -301,7 +308,8 @@ class CD2SyncTableOperator(CD2QueryOperator):
             finally:
                 self._db.close()
         seconds = stream.download_seconds
-        return result, destination, [f.to_dict() for f in stream.files], seconds if seconds is not None else 0.0
+        files = [f.to_dict() for f in stream.files]
+        return result, destination, files, seconds if seconds is not None else 0.0, stream.wait_seconds
 
     def _parts_dir(self, meta: dict[str, Any]) -> Path:
         # What the connection points at, not its id: two deployments on one host may both call
