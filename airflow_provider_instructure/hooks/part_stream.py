@@ -144,7 +144,8 @@ class PartStream:
         self._stop.set()
         self._dispatcher.join()
         self._pool.shutdown(wait=True, cancel_futures=True)
-        done = sum(1 for f in self._futures if f is not None and f.done() and f.exception() is None)
+        landed = [f for f in self._futures if f is not None and f.done() and not f.cancelled()]
+        done = sum(1 for f in landed if f.exception() is None)
         self._downloader.log_reuse(done)
         self._log.info(
             "Part stream: %d of %d part(s) downloaded%s; at most %d on disk at once (limit %d)",
