@@ -9,13 +9,16 @@ deferred tables cost one login, not a hundred.
 from __future__ import annotations
 
 import asyncio
+import functools
+import ssl
 import weakref
 from typing import Any
 
 import httpx
-from tenacity import AsyncRetrying
+from tenacity import AsyncRetrying, RetryCallState
 
-from airflow_provider_instructure.exceptions import DapConnectionError, InstructureConfigError
+from airflow_provider_instructure.exceptions import DapConnectionError, DapRateLimitError, InstructureConfigError
+from airflow_provider_instructure.hooks.dap_jobs import check_name
 from airflow_provider_instructure.hooks.dap_protocol import (
     LOGIN_FORM,
     LOGIN_PATH,
@@ -139,6 +142,15 @@ def shared_token_cache(settings: DapSettings, log: Any) -> AsyncTokenCache:
     return cache
 
 
+@functools.lru_cache(maxsize=1)
+def _ssl_context() -> ssl.SSLContext:
+    """One TLS context for every trigger's client in this process: httpx builds a new one per
+    client otherwise (loading the CA bundle, ~50-150 ms of CPU on the event loop), which a
+    hundred triggers starting together would pay a hundred times. The same trust as httpx's
+    default (``SSL_CERT_FILE``/``SSL_CERT_DIR``, else certifi)."""
+    return httpx.create_ssl_context()
+
+
 def _timeout(settings: DapSettings) -> httpx.Timeout:
     return httpx.Timeout(settings.timeout, connect=settings.connect_timeout)
 
@@ -158,7 +170,9 @@ class AsyncDapClient:
         self._client: httpx.AsyncClient | None = None
 
     async def __aenter__(self) -> AsyncDapClient:
-        self._client = httpx.AsyncClient(timeout=_timeout(self.settings), headers={"User-Agent": USER_AGENT})
+        self._client = httpx.AsyncClient(
+            timeout=_timeout(self.settings), headers={"User-Agent": USER_AGENT}, verify=_ssl_context()
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -166,12 +180,14 @@ class AsyncDapClient:
             await self._client.aclose()
             self._client = None
 
-    async def _send(self, method: str, path: str, json: Any = None) -> httpx.Response:
+    async def _send(
+        self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None
+    ) -> httpx.Response:
         assert self._client is not None, "use AsyncDapClient as an async context manager"
         token = await self.tokens.get()
         url = self.settings.base_url + path
         response = await self._client.request(
-            method, url, json=json, headers={"Authorization": f"Bearer {token.value}"}
+            method, url, json=json, params=params, headers={"Authorization": f"Bearer {token.value}"}
         )
         if response.status_code == 401:
             # One re-login and one replay, never a loop (same rule as the sync hook).
@@ -179,15 +195,41 @@ class AsyncDapClient:
             self.tokens.invalidate(token.value)
             token = await self.tokens.get()
             response = await self._client.request(
-                method, url, json=json, headers={"Authorization": f"Bearer {token.value}"}
+                method, url, json=json, params=params, headers={"Authorization": f"Bearer {token.value}"}
             )
         return response
 
-    async def request_json(self, method: str, path: str, *, what: str, json: Any = None) -> dict[str, Any]:
+    async def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        json: Any = None,
+        scoped: bool = False,
+        raise_on_429: bool = False,
+    ) -> dict[str, Any]:
+        """One DAP call with the hook's retry policy; the error mapping is :func:`raise_for_error`'s.
+
+        :param scoped: send the connection's ``scope`` as a query parameter (as the sync hook does
+            for query routes).
+        :param raise_on_429: raise :class:`DapRateLimitError` on the first 429 instead of waiting on it
+            (the caller schedules the wait itself, e.g. :class:`CD2CreateJobTrigger`'s gate).
+        """
+        params = {"scope": self.settings.scope} if scoped and self.settings.scope else None
+        kwargs = self._policy.tenacity_kwargs(what)
+        if raise_on_429:
+            stop = kwargs["stop"]
+
+            def stop_on_429(state: RetryCallState) -> bool:
+                exc = state.outcome.exception() if state.outcome else None
+                return isinstance(exc, DapRateLimitError) or stop(state)
+
+            kwargs["stop"] = stop_on_429
         try:
-            async for attempt in AsyncRetrying(**self._policy.tenacity_kwargs(what)):
+            async for attempt in AsyncRetrying(**kwargs):
                 with attempt:
-                    response = await self._send(method, path, json)
+                    response = await self._send(method, path, json, params)
                     raise_for_error(response)
         except TRANSPORT_ERRORS as exc:
             raise DapConnectionError(
@@ -198,3 +240,25 @@ class AsyncDapClient:
 
     async def get_job(self, job_id: str) -> dict[str, Any]:
         return await self.request_json("GET", f"/dap/job/{job_id}", what=f"Get job {job_id}")
+
+    async def start_query(self, namespace: str, table: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /dap/query/{namespace}/table/{table}/data``: start (or join) a query job, as the sync
+        hook's :meth:`~airflow_provider_instructure.hooks.instructure_jobs.DapJobsMixin.start_query`
+        does (same path, ``scope`` and body), once: a 429 is raised at once.
+
+        :param body: the request body, from :func:`~airflow_provider_instructure.hooks.dap_jobs.build_query`.
+        :returns: the job object (``id``, ``status``...).
+        :raises DapRateLimitError: DAP answered 429 (``retry_after``: its ``Retry-After`` in seconds).
+        :raises DapApiError: any other error answer, mapped by :func:`raise_for_error` (e.g.
+            ``DapSnapshotRequiredError``, ``DapNoDataYetError``); 5xx and transport errors are retried first.
+        """
+        ns, tbl = check_name(namespace, "namespace"), check_name(table, "table")
+        kind = "incremental" if "since" in body else "snapshot"
+        return await self.request_json(
+            "POST",
+            f"/dap/query/{ns}/table/{tbl}/data",
+            what=f"Start {kind} query of {ns}.{tbl}",
+            json=body,
+            scoped=True,
+            raise_on_429=True,
+        )

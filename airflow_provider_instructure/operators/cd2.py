@@ -201,10 +201,12 @@ class CD2QueryOperator(RateLimitDeferral, _InstructureOperator):
     instance's state store (Airflow 3.3+), so a retry of the same task instance resumes the same
     job instead of starting a new one.
 
-    DAP allows a few job creations per minute: when it answers 429, a deferrable task waits in the
-    triggerer until ``Retry-After`` (plus jitter, at least ``trigger_first_delay``) and then runs
-    again, holding no worker or pool slot meanwhile; the connection's ``rate_limit_wait`` caps the
-    total (see :mod:`.rate_limit`). A non-deferrable task waits in the worker.
+    DAP allows a few job creations per minute: when it answers 429, a deferrable task defers to
+    :class:`~airflow_provider_instructure.triggers.create_job.CD2CreateJobTrigger`, which creates
+    the job in the triggerer as soon as the account's limit allows (the throttled tables queue
+    there in order) and waits for it; no worker or pool slot is held meanwhile, and the
+    connection's ``rate_limit_wait`` caps the wait (see :mod:`.rate_limit`). A non-deferrable
+    task waits in the worker.
 
     Returned to XCom: ``job_id``, ``namespace``, ``table``, ``kind`` (``snapshot`` or
     ``incremental``), ``at`` or ``since``/``until``, ``watermark`` (the next ``since``),
@@ -226,9 +228,9 @@ class CD2QueryOperator(RateLimitDeferral, _InstructureOperator):
         (templated; default 7: the checks at 1, 3 and 7 s), so a quick job never reaches the
         triggerer; 0 defers right after the job started.
     :param trigger_first_delay: deferrable only: seconds from the deferral to the trigger's first
-        check, and the shortest rate-limit deferral (templated; default 10, chosen by us: an
-        earlier event can leave the task ``up_for_retry`` on Airflow 3.3, apache/airflow issues
-        66374 and 72716).
+        check, and the least time to a rate-limited creation's event (templated; default 10,
+        chosen by us: an earlier event can leave the task ``up_for_retry`` on Airflow 3.3,
+        apache/airflow issues 66374 and 72716).
     :param job_timeout: seconds to wait for the job before failing (None: no limit); it counts
         from the job's start, in the worker and in the triggerer.
     :param instructure_conn_id: the ``instructure`` connection.
@@ -293,8 +295,9 @@ class CD2QueryOperator(RateLimitDeferral, _InstructureOperator):
         self.trigger_first_delay = _seconds(self.trigger_first_delay, "trigger_first_delay")
         carried = self._take_carried("query")
         if carried is not None:
-            # Resumed after a rate-limit wait: ask for what was being created then (e.g. the
-            # snapshot a sync fell back to), whatever this run of execute() would have chosen.
+            # The triggerer could not create the job (CD2CreateJobTrigger's create_in_worker): ask
+            # for what it was creating (e.g. the snapshot a sync fell back to), whatever this run
+            # of execute() would have chosen.
             since = carried.get("since")
         request = self._request(since)
         try:
@@ -339,7 +342,13 @@ class CD2QueryOperator(RateLimitDeferral, _InstructureOperator):
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any], request: dict[str, Any] | None = None) -> Any:
-        """Resume after the trigger: turn its event into a result or an error."""
+        """Resume after the trigger (:class:`CD2JobTrigger`, or :class:`CD2CreateJobTrigger` when job
+        creation was rate limited): turn its event into a result or an error."""
+        if "created" in event:  # CD2CreateJobTrigger: the job was created in the triggerer, or is created here
+            created, outcome = self._after_creation(context, event)
+            if not created:
+                return outcome
+            request = outcome
         status = event.get("status")
         if status == "complete":
             return self._complete(context, event["job"], request or self._recall_request(context, event))
@@ -384,14 +393,9 @@ class CD2QueryOperator(RateLimitDeferral, _InstructureOperator):
                     self.log.info("Resuming job %s started by an earlier try of this task", saved["job_id"])
                     return job, {**request, **saved.get("effective", {})}
         effective = dict(effective or {})
-        query = {k: v for k, v in request.items() if k in ("format", "mode", "since", "until")}
-        what = f"job creation for {request['namespace']}.{self.table}"
+        body = {k: v for k, v in request.items() if k in ("format", "mode", "since", "until")}
         try:
-            job = self._rate_limited(
-                what,
-                lambda: self.hook.start_query(self.table, request["namespace"], **query),
-                carry={"query": {"since": request.get("since"), "effective": effective}},
-            )
+            job = self._create_job(request, body, effective)  # may defer to CD2CreateJobTrigger on a 429
         except (DapSnapshotRequiredError, DapOutOfRangeError) as exc:
             if "since" not in request or not self.snapshot_fallback:
                 raise
@@ -403,13 +407,7 @@ class CD2QueryOperator(RateLimitDeferral, _InstructureOperator):
                 exc.error_type,
             )
             effective = {"fallback_reason": exc.error_type or type(exc).__name__}
-            job = self._rate_limited(
-                what,
-                lambda: self.hook.start_query(
-                    self.table, request["namespace"], format=request["format"], mode=request.get("mode")
-                ),
-                carry={"query": {"since": None, "effective": effective}},
-            )
+            job = self._create_job(request, {k: v for k, v in body.items() if k in ("format", "mode")}, effective)
         memory.remember({"job_id": job["id"], "request": request, "effective": effective})
         return job, {**request, **effective}
 

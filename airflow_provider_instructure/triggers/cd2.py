@@ -21,6 +21,39 @@ from airflow_provider_instructure.hooks.retry import redact_url
 _sleep = asyncio.sleep
 
 
+async def poll_job(
+    client: AsyncDapClient,
+    job_id: str,
+    schedule: PollSchedule,
+    end_time: float | None,
+    log: Any,
+    job: dict[str, Any] | None = None,
+) -> tuple[str, str, dict[str, Any] | None]:
+    """Check a job until it is complete or failed, or ``end_time`` passes; the triggers' one poll loop.
+
+    :param schedule: the waits between checks (no wait before the first one).
+    :param end_time: epoch seconds (wall clock) of the deadline; None waits forever.
+    :param job: the job object already in hand (e.g. the creation's answer): no GET for the first check.
+    :returns: ``(status, message, job)``, status ``complete``, ``failed`` or ``timeout`` (then no job).
+    :raises DapApiError: a call failed after the hook's retries (callers turn it into an ``error`` event).
+    """
+    while True:
+        if job is None:
+            job = await client.get_job(job_id)
+        status = JobStatus.of(job)
+        if status is JobStatus.COMPLETE:
+            return "complete", f"DAP job {job_id} is complete", job
+        if status is JobStatus.FAILED:
+            return "failed", str(DapJobFailed(job_id, job.get("error"))), job
+        remaining = None if end_time is None else end_time - time.time()
+        if remaining is not None and remaining <= 0:
+            return "timeout", f"DAP job {job_id} still {status.value} at the deadline", None
+        delay = schedule.next() if remaining is None else min(schedule.next(), remaining)
+        log.info("DAP job %s is %s; next check in %.1f s", job_id, status.value, delay)
+        await _sleep(delay)
+        job = None
+
+
 class CD2JobTrigger(BaseTrigger):
     """Poll ``GET /dap/job/{id}`` until the job is complete or failed, or time runs out.
 
@@ -91,22 +124,8 @@ class CD2JobTrigger(BaseTrigger):
             await _sleep(delay)
             settings = await aget_settings(self.instructure_conn_id, self.hook_params)
             async with AsyncDapClient(settings, self.log) as client:
-                while True:
-                    job = await client.get_job(self.job_id)
-                    status = JobStatus.of(job)
-                    if status is JobStatus.COMPLETE:
-                        yield self._event("complete", f"DAP job {self.job_id} is complete", job)
-                        return
-                    if status is JobStatus.FAILED:
-                        yield self._event("failed", str(DapJobFailed(self.job_id, job.get("error"))), job)
-                        return
-                    remaining = None if self.end_time is None else self.end_time - time.time()
-                    if remaining is not None and remaining <= 0:
-                        yield self._event("timeout", f"DAP job {self.job_id} still {status.value} at the deadline")
-                        return
-                    delay = schedule.next() if remaining is None else min(schedule.next(), remaining)
-                    self.log.info("DAP job %s is %s; next check in %.1f s", self.job_id, status.value, delay)
-                    await _sleep(delay)
+                status, message, job = await poll_job(client, self.job_id, schedule, self.end_time, self.log)
+            yield self._event(status, message, job)
         except Exception as exc:  # every failure becomes the one event the task resumes with
             yield self._event("error", f"{type(exc).__name__}: {redact_url(str(exc))}")
 

@@ -1,8 +1,10 @@
 """Rate limits without sleeping workers: a 429 on job creation or table listing defers the task.
 
-Against the emulator over HTTP with its documented limits switched on (5 job creations and 5
-table listings per window), the window scaled to 3 s. ``retry_sleeps`` records every sleep of
-the hook's retry loop (tenacity): a deferrable task must never sleep on a 429 in the worker.
+Job creation defers to CD2CreateJobTrigger, which creates the job in the triggerer and resumes
+the task with it; table listing defers to CD2RateLimitTrigger and runs again. Against the
+emulator over HTTP with its documented limits switched on (5 job creations and 5 table listings
+per window), the window scaled to 3 s. ``retry_sleeps`` records every sleep of the hook's retry
+loop (tenacity): a deferrable task must never sleep on a 429 in the worker.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import importlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -31,7 +32,7 @@ from airflow_provider_instructure.operators.cd2 import (
     ListCD2TablesOperator,
 )
 from airflow_provider_instructure.operators.file_watermark import read_watermark
-from airflow_provider_instructure.triggers.cd2 import CD2RateLimitTrigger
+from airflow_provider_instructure.triggers.create_job import CD2CreateJobTrigger
 
 #: five tables to use up a window of job creations with
 FIVE = ["accounts", "courses", "enrollments", "scores", "submissions"]
@@ -83,44 +84,93 @@ def deferred(op: Any, context: dict | None = None) -> TaskDeferred:
     return info.value
 
 
-def resume(op: Any, deferral: TaskDeferred, context: dict | None = None) -> Any:
-    """What the triggerer and the resumed worker do: rebuild the trigger from its serialized
-    form, run it, and call the resume method with the event and the deferral's kwargs."""
+def run_trigger(deferral: TaskDeferred) -> dict[str, Any]:
+    """What the triggerer does: rebuild the trigger from its serialized form and run it to its event."""
     classpath, kwargs = deferral.trigger.serialize()
-    assert classpath == "airflow_provider_instructure.triggers.cd2.CD2RateLimitTrigger"
-    trigger = CD2RateLimitTrigger(**kwargs)
+    module, _, name = classpath.rpartition(".")
+    trigger = getattr(importlib.import_module(module), name)(**kwargs)
 
     async def first_event() -> Any:
         async for event in trigger.run():
             return event
 
     event = asyncio.run(first_event())
-    assert event.payload["status"] == "rate_limit_over"
-    json.dumps(event.payload)
-    return getattr(op, deferral.method_name)(context or {}, event.payload, **(deferral.kwargs or {}))
+    json.dumps(event.payload)  # what the triggerer stores
+    return event.payload
 
 
-def test_a_429_on_job_creation_defers_until_retry_after(server: EmulatorServer, retry_sleeps: list[float]) -> None:
+def resume(op: Any, deferral: TaskDeferred, context: dict | None = None) -> Any:
+    """The triggerer, then the resumed worker: the resume method gets the event and the deferral's kwargs."""
+    payload = run_trigger(deferral)
+    return getattr(op, deferral.method_name)(context or {}, payload, **(deferral.kwargs or {}))
+
+
+class Store:
+    """Stands in for Airflow 3.3's task_state_store (it survives retries of a task instance)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    def get(self, key: str) -> Any:
+        return self.values.get(key)
+
+    def set(self, key: str, value: Any) -> None:
+        self.values[key] = json.loads(json.dumps(value))
+
+    def delete(self, key: str) -> None:
+        self.values.pop(key, None)
+
+
+def test_a_429_on_job_creation_defers_to_the_creation_trigger(
+    server: EmulatorServer, retry_sleeps: list[float]
+) -> None:
     use_up_creations(server)
     op = CD2QueryOperator(task_id="q", table="users", **DEFER)
-    asked = datetime.now(timezone.utc)
+    asked = time.time()
     deferral = deferred(op)
     assert throttled(server, "create_job") == 1 and retry_sleeps == []
     trigger = deferral.trigger
-    assert isinstance(trigger, DateTimeTrigger)
-    # the window's oldest call leaves it within 3 s: Retry-After is 1..3 s, plus up to 20 % (at least 0.25 s)
-    wait = (trigger.moment - asked).total_seconds()
-    assert 0.9 <= wait <= 3 * 1.2 + 0.5, wait
-    assert deferral.method_name == "execute_after_rate_limit"
-    assert deferral.kwargs["rate_limit"]["deferrals"] == 1
+    assert isinstance(trigger, CD2CreateJobTrigger)
+    assert (trigger.namespace, trigger.table, trigger.body) == ("canvas", "users", {"format": "jsonl"})
+    # the window's oldest call leaves it within 3 s: the worker's Retry-After (1..3 s) is the trigger's first moment
+    assert 0.9 <= trigger.not_before - asked <= 3.5, trigger.not_before - asked
+    assert deferral.method_name == "execute_complete"
+    created_before = server.emulator.jobs.created_count
 
-    meta = resume(op, deferral)
+    payload = run_trigger(deferral)
+    assert payload["status"] == "complete" and payload["created"] is True
+    assert payload["request"] == {"namespace": "canvas", "table": "users", "format": "jsonl"}
+    # the trigger waited for the window instead of asking at once: no 429 in the triggerer
+    assert throttled(server, "create_job") == 1
+    assert time.time() - asked >= 0.9
+    meta = op.execute_complete({}, payload, **(deferral.kwargs or {}))  # dag.test passes the event alone
     assert meta["table"] == "users" and meta["kind"] == "snapshot" and meta["objects"]
-    assert server.emulator.jobs.created_count == len(FIVE) + 1
+    assert meta["job_id"] == payload["job_id"]
+    assert server.emulator.jobs.created_count == created_before + 1 == len(FIVE) + 1
     assert retry_sleeps == []
 
 
-def test_mapped_creations_beyond_the_limit_defer_spread_out(server: EmulatorServer, retry_sleeps: list[float]) -> None:
+def test_the_created_job_is_remembered_so_a_retry_resumes_it(server: EmulatorServer) -> None:
+    """The trigger created the job but its wait failed: the next try resumes that job, no new creation."""
+    use_up_creations(server)
+    store = Store()
+    op = CD2QueryOperator(task_id="q", table="users", **DEFER)
+    deferral = deferred(op, {"task_state_store": store})
+    payload = run_trigger(deferral)
+    assert payload["created"] and payload["job_id"]
+    failed_wait = {**payload, "status": "error", "message": "ConnectError: the triggerer lost DAP", "job": None}
+    with pytest.raises(Exception, match="the triggerer lost DAP"):
+        op.execute_complete({"task_state_store": store}, failed_wait)
+    assert store.get("instructure_cd2_job")["job_id"] == payload["job_id"]
+    created = server.emulator.jobs.created_count
+    meta = CD2QueryOperator(task_id="q", table="users", **DEFER).execute({"task_state_store": store})
+    assert meta["job_id"] == payload["job_id"]
+    assert server.emulator.jobs.created_count == created and server.emulator.stats.count("create_job") == 7
+
+
+def test_mapped_creations_beyond_the_limit_queue_in_the_triggerer(
+    server: EmulatorServer, retry_sleeps: list[float]
+) -> None:
     tables = [*FIVE, "users", "pseudonyms", "assignments"]
 
     def run(table: str) -> Any:
@@ -138,8 +188,21 @@ def test_mapped_creations_beyond_the_limit_defer_spread_out(server: EmulatorServ
     done = [o for o in outcomes if isinstance(o, dict)]
     assert (len(done), len(deferrals)) == (5, 3)
     assert retry_sleeps == [] and throttled(server, "create_job") == 3
-    moments = {d.trigger.moment for d in deferrals}
-    assert len(moments) == 3, "jitter: tasks throttled together do not come back at the same instant"
+    assert all(isinstance(d.trigger, CD2CreateJobTrigger) for d in deferrals)
+
+    async def triggerer() -> list[dict[str, Any]]:
+        async def one(deferral: TaskDeferred) -> dict[str, Any]:
+            async for event in deferral.trigger.run():
+                return event.payload
+            raise AssertionError("no event")
+
+        return await asyncio.gather(*(one(d) for d in deferrals))
+
+    payloads = asyncio.run(triggerer())
+    assert [p["status"] for p in payloads] == ["complete"] * 3
+    assert time.monotonic() - started < 3 * 1.1 + 1.5  # the next window, not one per table
+    assert throttled(server, "create_job") <= 4  # at most one more 429, answered to the queue's head
+    assert server.emulator.jobs.created_count == len(tables)
 
 
 def test_a_non_deferrable_task_still_waits_in_the_worker(server: EmulatorServer, retry_sleeps: list[float]) -> None:
@@ -155,27 +218,40 @@ def test_the_resumed_task_asks_for_the_same_incremental(server: EmulatorServer) 
     use_up_creations(server)
     op = CD2QueryOperator(task_id="q", table="users", since=since.isoformat(), **DEFER)
     deferral = deferred(op)
-    carried = deferral.kwargs["rate_limit"]["query"]
-    assert carried["since"] == since.strftime("%Y-%m-%dT%H:%M:%SZ")
+    body = deferral.trigger.body
+    assert body["since"] == since.strftime("%Y-%m-%dT%H:%M:%SZ")
     meta = resume(op, deferral)
-    assert meta["kind"] == "incremental" and meta["since"] == carried["since"]
+    assert meta["kind"] == "incremental" and meta["since"] == body["since"]
     assert server.emulator.jobs.history[-1].since == since.replace(microsecond=0)
 
 
-def test_a_429_on_the_snapshot_fallback_resumes_as_that_snapshot(server: EmulatorServer) -> None:
+def test_a_429_on_the_snapshot_fallback_creates_that_snapshot(server: EmulatorServer) -> None:
     server.emulator.config.rate_limits = {}
     server.emulator.faults.inject("create_job", "snapshot_required")
     server.emulator.faults.inject("create_job", "429", retry_after=1)
     op = CD2QueryOperator(task_id="q", table="users", since="2024-01-01T00:00:00Z", **DEFER)
     deferral = deferred(op)
-    assert deferral.kwargs["rate_limit"]["query"] == {
-        "since": None,
-        "effective": {"fallback_reason": "SnapshotRequiredError"},
-    }
+    assert deferral.trigger.body == {"format": "jsonl"}
+    assert deferral.trigger.effective == {"fallback_reason": "SnapshotRequiredError"}
     meta = resume(op, deferral)
     assert meta["kind"] == "snapshot" and meta["fallback_reason"] == "SnapshotRequiredError"
-    # the resumed task went straight for the snapshot: no second incremental request
+    # the trigger went straight for the snapshot: no second incremental request
     assert server.emulator.stats.count("create_job") == 3
+
+
+def test_another_error_in_the_triggerer_creates_the_job_in_the_worker(server: EmulatorServer) -> None:
+    """DAP answers the trigger's creation with "no data yet": the worker's logic handles it."""
+    server.emulator.config.rate_limits = {}
+    server.emulator.config.tables_without_data = {"canvas.users": "post"}
+    server.emulator.faults.inject("create_job", "429", retry_after=1)
+    op = CD2QueryOperator(task_id="q", table="users", **DEFER)
+    deferral = deferred(op)
+    payload = run_trigger(deferral)
+    assert payload["status"] == "create_in_worker" and payload["created"] is False
+    assert "There is no data available yet" in payload["message"]
+    meta = op.execute_complete({}, payload)
+    assert meta["no_data"] is True and meta["watermark"] is None
+    assert server.emulator.stats.count("create_job") == 3  # the worker's 429, the trigger's, the worker's again
 
 
 def test_a_throttled_account_fails_with_a_clear_message(
@@ -183,13 +259,17 @@ def test_a_throttled_account_fails_with_a_clear_message(
 ) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_INSTRUCTURE_DEFAULT", server.connection_json(rate_limit_wait=30))
     use_up_creations(server)
-    op = CD2QueryOperator(task_id="q", table="users", **{**DEFER, "trigger_first_delay": 5})
-    state = {"what": "job creation for canvas.users", "first_429_at": time.time() - 28, "deferrals": 7}
+    op = CD2QueryOperator(task_id="q", table="users", **DEFER)
+    deferral = deferred(op)
+    deferral.trigger.rate_limited_since = time.time() - 29  # throttled for 29 s already: 1..3 s more is too long
+    payload = run_trigger(deferral)
+    assert payload["status"] == "error" and payload["error_type"] == "DapRateLimitError"
     with pytest.raises(DapRateLimitError) as info:
-        op.execute_after_rate_limit({}, {"status": "rate_limit_over", "rate_limit": state})
+        op.execute_complete({}, payload)
     message = str(info.value)
     assert "DAP rate limit on job creation for canvas.users" in message
-    assert "7 deferral(s)" in message and "rate_limit_wait (30 s)" in message and "'instructure_default'" in message
+    assert "rate_limit_wait of connection 'instructure_default' is 30 s" in message
+    assert server.emulator.jobs.created_count == len(FIVE)
 
 
 def test_a_429_on_table_listing_defers(server: EmulatorServer, retry_sleeps: list[float]) -> None:
@@ -199,6 +279,7 @@ def test_a_429_on_table_listing_defers(server: EmulatorServer, retry_sleeps: lis
     op = ListCD2TablesOperator(task_id="tables", include="course*", deferrable=True, trigger_first_delay=0)
     deferral = deferred(op)
     assert isinstance(deferral.trigger, DateTimeTrigger) and retry_sleeps == []
+    assert deferral.method_name == "execute_after_rate_limit"
     assert throttled(server, "list_tables") == 1
     assert resume(op, deferral) == ["course_sections", "courses"]
     # not deferrable: the same 429 is waited on in the worker
