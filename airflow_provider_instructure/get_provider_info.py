@@ -39,7 +39,13 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "sensors": [{"integration-name": INTEGRATION, "python-modules": ["airflow_provider_instructure.sensors.cd2"]}],
         "triggers": [
-            {"integration-name": INTEGRATION, "python-modules": ["airflow_provider_instructure.triggers.cd2"]}
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": [
+                    "airflow_provider_instructure.triggers.cd2",
+                    "airflow_provider_instructure.triggers.create_job",
+                ],
+            }
         ],
         "connection-types": [
             {
