@@ -44,7 +44,6 @@ def test_each_connection_is_paced_to_the_configured_rate(serve: Serve) -> None:
     assert data == free[0][1]  # same bytes, only slower
     expected = len(data) / rate
     assert expected * 0.97 <= seconds < expected * 4 + 1, (seconds, expected)
-    assert seconds > 3 * free[0][0], (seconds, free[0][0])
 
     # The cap is per connection: two at once each get the full rate (not half of it each).
     with ThreadPoolExecutor(2) as pool:
