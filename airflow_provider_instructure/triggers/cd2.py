@@ -1,5 +1,8 @@
-"""Triggers: ``CD2JobTrigger`` waits for a DAP query job in the triggerer, freeing the worker;
-``CD2RateLimitTrigger`` waits out a rate limit (429) before a task asks DAP again."""
+"""Triggers: ``CD2JobTrigger`` waits for a DAP query job in the triggerer, freeing the worker
+(its loop, :func:`poll_job`, is shared with
+:class:`~airflow_provider_instructure.triggers.create_job.CD2CreateJobTrigger`, which creates a
+rate-limited job first); ``CD2RateLimitTrigger`` waits out a table listing's 429 before the task
+asks DAP again."""
 
 from __future__ import annotations
 
