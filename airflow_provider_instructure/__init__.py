@@ -5,4 +5,4 @@ Kept import-light: Airflow loads the provider entry point in every process.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -17,7 +17,8 @@ def get_provider_info() -> dict[str, Any]:
         "package-name": "airflow-provider-instructure",
         "name": "Instructure",
         "description": "Instructure Data Access Platform (Canvas Data 2) provider.",
-        "versions": ["0.1.0"],
+        # Releases, newest first (Airflow's provider.yaml convention); the first is __version__.
+        "versions": ["0.2.0", "0.1.0"],
         "integrations": [
             {
                 "integration-name": INTEGRATION,

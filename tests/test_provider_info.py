@@ -23,6 +23,12 @@ def test_provider_info_passes_the_runtime_schema() -> None:
     jsonschema.validate(get_provider_info(), _schema("provider_info.schema.json"))
 
 
+def test_provider_info_names_the_package_version_first() -> None:
+    from airflow_provider_instructure import __version__
+
+    assert get_provider_info()["versions"][0] == __version__
+
+
 def test_connection_types_pass_the_strict_dev_schema() -> None:
     schema = _schema("provider.yaml.schema.json")
     validator = jsonschema.Draft7Validator(schema["properties"]["connection-types"])
