@@ -47,6 +47,14 @@ test: $(VENV)/.stamp-test $(DAP_VENV)/.stamp
 e2e: $(VENV)/.stamp-test
 	$(VENV)/bin/python -m pytest tests/deployment -m deployment $(PYTEST_ARGS)
 
+# The release artefacts in dist/ (wheel and sdist), checked as PyPI would check them; CI runs it
+# before make test, whose tests/release installs that wheel in a clean virtualenv (README "Releasing").
+.PHONY: dist
+dist: $(VENV)/.stamp-test
+	rm -rf dist
+	$(VENV)/bin/python -m build --outdir dist .
+	$(VENV)/bin/twine check --strict dist/*
+
 lint: $(VENV)/.stamp-test
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
