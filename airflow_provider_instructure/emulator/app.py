@@ -16,11 +16,9 @@ import time
 import uuid
 from datetime import datetime, timezone
 from email.utils import formatdate
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
-import anyio
 from fastapi import FastAPI, Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -31,6 +29,7 @@ from airflow_provider_instructure.emulator.core import CallRecord, Emulator
 from airflow_provider_instructure.emulator.encoders import FORMATS, MODES, format_timestamp, parquet_available
 from airflow_provider_instructure.emulator.faults import Fault
 from airflow_provider_instructure.emulator.jobs import Query, utc_parse
+from airflow_provider_instructure.emulator.paced import PacedFile
 from airflow_provider_instructure.emulator.tokens import TokenRejected
 
 _TRANSPORT_KEY = "dap_emulator.transport"
@@ -118,49 +117,6 @@ class _TruncatedFile(Response):
         await send({"type": "http.response.body", "body": self.data[:cut], "more_body": True})
         await asyncio.sleep(0.01)
         _close_transport(scope)
-
-
-class _PacedFile(Response):
-    """Stream a file at no more than ``bandwidth`` bytes per second on this connection, the way
-    one S3 object stream is capped (config ``download_bandwidth``).
-
-    The file is sent in slices of about 1/20 s worth of bytes, each once the bytes up to its
-    end are due, so the rate holds over the whole transfer without bursts of more than one
-    slice.
-    """
-
-    def __init__(self, path: Path, bandwidth: float) -> None:
-        super().__init__(status_code=200)
-        self.path = path
-        self.bandwidth = bandwidth
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        size = self.path.stat().st_size
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-length", str(size).encode()),
-                    (b"content-type", b"binary/octet-stream"),
-                ],
-            }
-        )
-        piece = max(4096, min(1 << 20, int(self.bandwidth / 20)))
-        started = time.monotonic()
-        sent = 0
-        async with await anyio.open_file(self.path, "rb") as fh:
-            while True:
-                data = await fh.read(piece)
-                if not data:
-                    break
-                sent += len(data)
-                # A slice leaves when its last byte is due: the client never gets ahead of the cap.
-                delay = started + sent / self.bandwidth - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _fault_response(fault: Fault) -> Response | None:
@@ -389,7 +345,7 @@ def create_app(emulator: Emulator) -> ASGIApp:
             return record(request, "download", _TruncatedFile(data, float(fault.params.get("fraction", 0.5))))
         bandwidth = emulator.config.download_bandwidth
         if bandwidth > 0:
-            return record(request, "download", _PacedFile(path, bandwidth))
+            return record(request, "download", PacedFile(path, bandwidth))
         return record(request, "download", FileResponse(path, media_type="binary/octet-stream"))
 
     return _TransportScope(app)
