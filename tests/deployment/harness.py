@@ -196,3 +196,74 @@ def run_figures(
         rate_limited=emulator_call(emulator_url, "GET", "stats").get("rate_limited", {}),
         tries=tries,
     )
+
+
+# -- where the time between creation windows goes ---------------------------------------------------
+
+_CREATED = re.compile(r"query of \S+: job [0-9a-f-]{36} is")
+_DEFERRING = re.compile(r"rate limit on .*: deferring ([0-9.]+) s", re.IGNORECASE)
+
+
+@dataclass
+class CreationTimeline:
+    """When jobs were created, from the task logs' timestamps (seconds; medians over resumed creations).
+
+    :param creations: epoch seconds of each successful job creation, sorted.
+    :param lateness: per creation ``k > per_window``: how long after ``creations[k - per_window] + window``
+        (the moment the sliding window let it through) it came.
+    :param due_to_start: for creations made by a task resumed after a rate-limit deferral: from the
+        moment its deferral ended (deferral time + delay) to the start of the resumed task process
+        (trigger firing, scheduler and executor latency).
+    :param start_to_create: from that process start to the creation (task start-up, DAG parse, login).
+    :param overshoot: the deferral delay beyond what was needed: from the moment the window let the
+        creation through (as for ``lateness``) to the deferral's end, when positive.
+    """
+
+    creations: list[float]
+    lateness: list[float]
+    due_to_start: list[float]
+    start_to_create: list[float]
+    overshoot: list[float]
+
+
+def _events(path: Path) -> Iterable[tuple[float, str]]:
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            record = json.loads(line)
+            stamp = datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
+        except (ValueError, KeyError, TypeError):
+            continue
+        yield stamp, str(record.get("event", ""))
+
+
+def creation_timeline(
+    deployment: Deployment, dag_id: str, run_id: str, task_id: str, *, per_window: int, window: float
+) -> CreationTimeline:
+    """Read job creations, deferrals and process starts of ``task_id``'s task logs (see :class:`CreationTimeline`)."""
+    creations: list[float] = []
+    resumed: list[tuple[float, float, float]] = []  # (deferral end, resumed process start, creation)
+    for path in task_logs(deployment, dag_id, run_id, task_id):
+        due = start = None
+        for stamp, event in _events(path):
+            if event == "::group::Pre Execute":
+                start = stamp
+            deferring = _DEFERRING.search(event)
+            if deferring:
+                due = stamp + float(deferring.group(1))
+            if _CREATED.search(event):
+                creations.append(stamp)
+                if due is not None and start is not None:
+                    resumed.append((due, start, stamp))
+    creations.sort()
+    opened = {round(c, 3): creations[k - per_window] + window for k, c in enumerate(creations) if k >= per_window}
+    lateness = [c - opened[round(c, 3)] for c in creations if round(c, 3) in opened]
+    overshoot = [max(0.0, due - opened[round(c, 3)]) for due, _, c in resumed if round(c, 3) in opened]
+    return CreationTimeline(
+        creations=creations,
+        lateness=lateness,
+        due_to_start=[s - d for d, s, _ in resumed],
+        start_to_create=[c - s for _, s, c in resumed],
+        overshoot=overshoot,
+    )
