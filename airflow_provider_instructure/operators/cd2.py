@@ -42,6 +42,7 @@ from airflow_provider_instructure.operators.cd2_jobs import (
     job_metadata,
     no_data_metadata,
 )
+from airflow_provider_instructure.operators.lineage import OpenLineageMixin
 from airflow_provider_instructure.operators.rate_limit import RateLimitDeferral
 from airflow_provider_instructure.triggers.cd2 import CD2JobTrigger
 
@@ -93,7 +94,7 @@ class _InstructureOperator(BaseOperator):
         return InstructureHook(self.instructure_conn_id)
 
 
-class ListCD2TablesOperator(RateLimitDeferral, _InstructureOperator):
+class ListCD2TablesOperator(OpenLineageMixin, RateLimitDeferral, _InstructureOperator):
     """List the tables of a DAP namespace and push the sorted names to XCom.
 
     The result is a plain list of names, ready for dynamic task mapping::
@@ -148,10 +149,11 @@ class ListCD2TablesOperator(RateLimitDeferral, _InstructureOperator):
                 exclude,
             )
         self.log.info("%d of %d tables selected: %s", len(chosen), len(tables), ", ".join(chosen))
+        self._lineage_note(namespace=namespace, tables=chosen)
         return chosen
 
 
-class GetCD2TableSchemaOperator(_InstructureOperator):
+class GetCD2TableSchemaOperator(OpenLineageMixin, _InstructureOperator):
     """Fetch the versioned JSON schema of a table (``{"schema": ..., "version": N}``) to XCom.
 
     :param table: table name, e.g. ``users``.
@@ -180,11 +182,13 @@ class GetCD2TableSchemaOperator(_InstructureOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         schema = self.hook.get_table_schema(self.table, self.namespace)
         self.log.info("Schema of %s.%s is version %d", self.namespace, self.table, schema["version"])
+        self._lineage_note(namespace=self.namespace or self.hook.settings.namespace, schema=schema)
         if self.output_path:
             path = Path(self.output_path)
             if path.is_dir() or str(self.output_path).endswith(os.sep):
                 path = path / f"{self.table}_schema_version_{schema['version']}.json"
             write_atomically(path, json.dumps(schema, indent=4).encode("utf-8"))
+            self._lineage_note(files=[{"path": str(path), "size": path.stat().st_size, "rows": None}])
             self.log.info("Wrote the schema to %s", path)
         return schema
 
@@ -192,7 +196,7 @@ class GetCD2TableSchemaOperator(_InstructureOperator):
 # -- queries -------------------------------------------------------------------------------------
 
 
-class CD2QueryOperator(RateLimitDeferral, _InstructureOperator):
+class CD2QueryOperator(OpenLineageMixin, RateLimitDeferral, _InstructureOperator):
     """Run a snapshot or incremental query job on a CD2 table and return the job's metadata.
 
     The job starts on a worker; its status is checked once, then the task waits by deferring
@@ -431,6 +435,7 @@ class CD2QueryOperator(RateLimitDeferral, _InstructureOperator):
             meta["schema_version"],
             meta["watermark"],
         )
+        self._lineage_note(job=meta)
         result = self.process_job(context, meta)
         _JobMemory(context, self.log).forget()
         return result
@@ -442,6 +447,7 @@ class CD2QueryOperator(RateLimitDeferral, _InstructureOperator):
     def _no_data(self, context: Context, request: dict[str, Any], exc: DapNoDataYetError) -> Any:
         _JobMemory(context, self.log).forget()  # the next try asks DAP again
         meta = no_data_metadata(request, self.table, exc)
+        self._lineage_note(job=meta)
         self.log.warning(
             "DAP has no data for %s.%s yet (%s%s); nothing to %s, and no watermark: the next run asks again",
             meta["namespace"],

@@ -124,6 +124,7 @@ class CD2DownloadOperator(CD2QueryOperator):
         }
         if self.incremental:
             write_watermark(self.target, meta["namespace"], meta["table"], meta, files)
+        self._lineage_note(job=meta, files=files)  # job= skips the query's own note
         emit_table_event(
             context,
             self.outlets,
@@ -147,6 +148,7 @@ class CD2DownloadOperator(CD2QueryOperator):
                 "The stored watermark of %s.%s in %s stays as it was", meta["namespace"], meta["table"], directory
             )
         self.log.info("No files to download for %s.%s: DAP has no data for it yet", meta["namespace"], meta["table"])
+        self._lineage_note(job=meta, files=[])
         return {**meta, "target": str(directory), "files": [], "file_count": 0, "bytes": 0, "rows": 0}
 
 

@@ -21,6 +21,7 @@ from airflow_provider_instructure.exceptions import (
 )
 from airflow_provider_instructure.hooks.downloads import DEFAULT_CONCURRENCY, safe_name
 from airflow_provider_instructure.operators.cd2 import CD2QueryOperator
+from airflow_provider_instructure.operators.lineage import sql_table_naming
 from airflow_provider_instructure.operators.sync_workdir import (
     JobDirClaim,
     job_parts_dir,
@@ -170,6 +171,11 @@ class CD2SyncTableOperator(CD2QueryOperator):
         except ReplicationConfigError as exc:
             db.close()
             raise InstructureConfigError(f"Destination {self.destination_conn_id!r}: {exc}") from None
+        target = replicator.target  # the lineage output, known before any data moves
+        self._lineage_note(
+            dialect=dialect,
+            destination=sql_table_naming(dialect, conn.host, conn.port, conn.schema, target.schema, target.table),
+        )
         self._db = db
         return replicator
 
@@ -279,6 +285,7 @@ class CD2SyncTableOperator(CD2QueryOperator):
                 f"The schema of {meta['namespace']}.{meta['table']} moved from version {meta['schema_version']} "
                 f"to {schema['version']} while the job ran; the retry will query again"
             )
+        self._lineage_note(schema=schema)
         return schema
 
     def _pipelined_snapshot(
@@ -341,6 +348,7 @@ class CD2SyncTableOperator(CD2QueryOperator):
         try:
             if meta["kind"] == "snapshot":
                 schema = self.hook.get_table_schema(meta["table"], meta["namespace"])
+                self._lineage_note(schema=schema)
                 created = replicator.create_empty(schema)
                 self.log.warning(
                     "%s.%s has no data in DAP yet: %s; no watermark stored, the next run takes a snapshot",
@@ -399,6 +407,7 @@ class CD2SyncTableOperator(CD2QueryOperator):
     ) -> dict[str, Any]:
         """The XCom of a sync: the replication record plus what the operator knows (one set of keys
         whether DAP had data or not)."""
+        self._lineage_note(summary=record)
         return {
             **record,
             "namespace": meta["namespace"],
