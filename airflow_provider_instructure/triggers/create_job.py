@@ -189,8 +189,9 @@ class CD2CreateJobTrigger(BaseTrigger):
             except _GiveUp as exc:
                 return {**self._payload("error", str(exc)), "error_type": "DapRateLimitError"}
             except Exception as exc:  # the worker's start_query knows what to do with it
-                self.log.info("Creating the job of %s.%s: %s; the task creates it in the worker", *self._what(), exc)
-                return self._payload("create_in_worker", f"{type(exc).__name__}: {redact_url(str(exc))}")
+                said = f"{type(exc).__name__}: {redact_url(str(exc))}"
+                self.log.info("Creating the job of %s.%s: %s; the task creates it in the worker", *self._what(), said)
+                return self._payload("create_in_worker", said)
             job_id = str(job["id"])
             self.log.info("Created DAP job %s for %s.%s: %s", job_id, *self._what(), job.get("status"))
             if JobStatus.of(job).is_terminal and job_expires_within(job, REUSE_EXPIRY_MARGIN):
