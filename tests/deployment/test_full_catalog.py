@@ -1,5 +1,6 @@
 """The example sync DAG over the whole canvas catalog (90 tables) in a real deployment, with the emulator's
-documented rate limits switched on and scaled down (issue 9 item 3).
+documented rate limits switched on and scaled down (issue 9 item 3): no failed task, no retry, every
+429 waited out by deferring (no worker sleeps on one), every replica equal to the emulator.
 
 A deployment of its own (the other module's emulator serves the 15 core tables): the sync example
 alone in the dags folder, the ``cd2_api`` pool of 5 slots and the parallelism the README gives, an
@@ -91,6 +92,9 @@ def test_full_catalog_syncs_under_the_rate_limits_without_a_failed_task(
     assert sorted(t["map_index"] for t in tis if t["task_id"] == "sync") == list(range(len(tables)))
     # The limits really were in the way: more job creations were tried than a window allows.
     assert figures.rate_limited.get("create_job", 0) > 0, figures
+    # ...and every 429 was waited out in the triggerer: the tasks deferred, no worker slept on one
+    # (before deferral on 429, this run slept 294 worker-seconds in the hook's retries).
+    assert figures.deferrals_on_429 > 0 and figures.sleeps_on_429 == 0, figures
 
     (report,) = deployment.xcom(DAG_ID, full.run_id, "report")
     assert sorted(report) == tables
