@@ -13,7 +13,7 @@ export AIRFLOW_HOME ?= $(CURDIR)/.airflow-home
 export AIRFLOW__CORE__LOAD_EXAMPLES = False
 export DAP_TRACKING = false
 
-.PHONY: demo test e2e lint clean
+.PHONY: demo test e2e lint clean matrix
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,13 @@ test: $(VENV)/.stamp-test $(DAP_VENV)/.stamp
 e2e: $(VENV)/.stamp-test
 	$(VENV)/bin/python -m pytest tests/deployment -m deployment $(PYTEST_ARGS)
 
+# The version matrix (README "Supported versions"): its own venvs under .venv-matrix/, the core suites
+# on the oldest and newest patch of Airflow 3.0-3.3, the full suite on Python 3.10 and 3.13 with the
+# newest Airflow; prints the table. One cell: make matrix MATRIX_ARGS="--cells floor".
+MATRIX_ARGS ?=
+matrix: $(DAP_VENV)/.stamp
+	$(PYTHON) scripts/matrix.py $(MATRIX_ARGS)
+
 # The release artefacts in dist/ (wheel and sdist), checked as PyPI would check them; CI runs it
 # before make test, whose tests/release installs that wheel in a clean virtualenv (README "Releasing").
 .PHONY: dist
@@ -59,4 +66,4 @@ lint: $(VENV)/.stamp-test
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) $(DAP_VENV) .airflow-home .pytest_cache demo-output
+	rm -rf $(VENV) $(DAP_VENV) .venv-matrix .airflow-home .pytest_cache demo-output

@@ -28,9 +28,39 @@ except ImportError:  # pragma: no cover
         AirflowNotFoundException,
     )
 
+from typing import Any
+
+from airflow import __version__ as AIRFLOW_VERSION
 from airflow.configuration import conf
+from packaging.version import Version
+
+#: Airflow 3.3+: the task context has ``task_state_store`` (a retry can resume its earlier try's job).
+AIRFLOW_V_3_3_PLUS = Version(Version(AIRFLOW_VERSION).base_version) >= Version("3.3.0")
+
+
+def task_state_store(context: Any) -> Any | None:
+    """The task instance's state store, which survives retries (Airflow 3.3+), or ``None``.
+
+    Source: Airflow 3.3 added ``task_state_store`` to the task context (the store behind
+    ``airflow.sdk.bases.resumablejobmixin.ResumableJobMixin``); Airflow 3.0-3.2 have no such key.
+    ``None`` also when ``execute()`` is called with a plain dict that lacks it.
+
+    :param context: the task context (a mapping), or anything else (then ``None``).
+    :returns: an object with ``get(key)``, ``set(key, value)`` and ``delete(key)``, or ``None``.
+    """
+    return context.get("task_state_store") if hasattr(context, "get") else None
+
+
+def try_number(context: Any) -> int | None:
+    """The running try's number (1 for the first) from the context's task instance, if any."""
+    ti = context.get("ti") if hasattr(context, "get") else None
+    number = getattr(ti, "try_number", None)
+    return number if isinstance(number, int) else None
+
 
 __all__ = [
+    "AIRFLOW_VERSION",
+    "AIRFLOW_V_3_3_PLUS",
     "AirflowException",
     "AirflowFailException",
     "AirflowNotFoundException",
@@ -43,4 +73,6 @@ __all__ = [
     "PokeReturnValue",
     "conf",
     "mask_secret",
+    "task_state_store",
+    "try_number",
 ]

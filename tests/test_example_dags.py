@@ -104,14 +104,20 @@ def test_snapshot_to_files_dag(
 
 
 def test_a_retried_task_resumes_its_job(airflow_db, dap_emulator_factory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Airflow's real task_state_store carries the job id from the failed try to the retry."""
+    """Airflow's real task_state_store carries the job id from the failed try to the retry.
+
+    Airflow 3.0-3.2 have no store (the version matrix runs them): the retry starts a new job,
+    which DAP answers with the same one while the data is unchanged, and the task still succeeds.
+    """
+    from airflow_provider_instructure._compat import AIRFLOW_V_3_3_PLUS
+
     server = dap_emulator_factory(emulator=Emulator(EmulatorConfig(job_running_seconds=0.5), rows=5))
     monkeypatch.setenv("AIRFLOW_CONN_INSTRUCTURE_FLAKY", server.connection_json(retry_limit=1, retry_delay=0.01))
     server.emulator.faults.inject("get_job", "500", count=1)  # try 1 fails while waiting for its job
     module = importlib.import_module("tests.dags.test_dag_query_retry")
     run = module.dag.test()
     assert run.state == "success"
-    assert server.emulator.stats.count("create_job") == 1
+    assert server.emulator.stats.count("create_job") == (1 if AIRFLOW_V_3_3_PLUS else 2)
     (meta,) = xcom_values(run.run_id, "query")
     assert meta["kind"] == "snapshot" and server.emulator.jobs.created_count == 1
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_provider_instructure._compat import Context
+from airflow_provider_instructure._compat import AIRFLOW_VERSION, Context, task_state_store, try_number
 from airflow_provider_instructure.exceptions import DapNoDataYetError
 
 #: task_state_store key that carries a started job across retries of the same task instance.
@@ -63,12 +63,14 @@ def no_data_metadata(request: dict[str, Any], table: str, exc: DapNoDataYetError
 class _JobMemory:
     """The started job id in the task instance's state store (Airflow 3.3+), across retries.
 
-    Without a store (older Airflow, ``execute()`` called directly) a retry simply asks DAP
-    again; DAP returns the same job for an identical query while its data is unchanged.
+    Without a store (Airflow 3.0-3.2, ``execute()`` called directly) a retry starts a new job
+    and, from the second try on, says so in the log; DAP returns the same job for an identical
+    query while its data is unchanged.
     """
 
     def __init__(self, context: Context, log: Any) -> None:
-        self._store = context.get("task_state_store") if hasattr(context, "get") else None
+        self._store = task_state_store(context)
+        self._try = try_number(context)
         self._log = log
 
     def recall(self) -> Any:
@@ -82,6 +84,16 @@ class _JobMemory:
 
     def remember(self, value: dict[str, Any]) -> None:
         if self._store is None:
+            if self._try is not None and self._try > 1:
+                # Called right after a new job was created: a retry on Airflow < 3.3 could not look
+                # for the earlier try's job, so the user should know why DAP got a second request.
+                self._log.warning(
+                    "Try %d started DAP job %s: Airflow %s has no task state store (Airflow 3.3+), so the job "
+                    "of an earlier try could not be resumed",
+                    self._try,
+                    value.get("job_id"),
+                    AIRFLOW_VERSION,
+                )
             return
         try:
             self._store.set(JOB_STATE_KEY, value)

@@ -1,0 +1,277 @@
+"""The version matrix: the provider's tests on every supported Airflow minor and Python.
+
+Each cell is its own virtualenv under ``.venv-matrix/<cell>`` (the main ``.venv`` is never
+touched), built with ``pip install apache-airflow==X -e .[test]`` plus the MySQL provider with
+``--no-deps`` exactly as ``make test`` does, and reused while its install line is unchanged.
+Cells run one after the other (the machine's cores are shared) and the script prints one
+Markdown table - the one the README's "Supported versions" section shows.
+
+* ``core`` suites: hooks, operators (sensor included), triggers, the ``dag.test()`` example
+  DAGs and the test DAGs - on the oldest and newest patch release of each supported minor.
+* ``full``: everything ``make test`` runs, on the oldest and newest supported Python with the
+  newest Airflow.
+
+Usage::
+
+    python scripts/matrix.py                 # every cell
+    python scripts/matrix.py --cells floor   # the oldest supported Airflow only (CI)
+    python scripts/matrix.py --cells af3.2.2-py3.11 --pytest-args "-k resume"
+    python scripts/matrix.py --list
+
+Exit status: 0 when every cell built and passed with no failures or errors, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MATRIX_DIR = REPO / ".venv-matrix"
+
+#: The suites the issue names: hook, operator (the sensor's tests live there), trigger and dag.test.
+CORE_SUITES = ["tests/hooks", "tests/operators", "tests/triggers", "tests/test_example_dags.py", "tests/dags"]
+#: Everything ``make test`` runs (the pyproject's testpaths).
+FULL_SUITES = ["tests"]
+
+#: Oldest and newest patch release of every supported Airflow minor (3.0.5 was never published).
+NEWEST_AIRFLOW = "3.3.2"
+FLOOR_AIRFLOW = "3.0.0"
+CORE_AIRFLOWS = ["3.0.0", "3.0.6", "3.1.0", "3.1.8", "3.2.0", "3.2.2", "3.3.0", NEWEST_AIRFLOW]
+#: The Python the core cells use (every supported Airflow minor supports it).
+CORE_PYTHON = "3.11"
+#: Oldest and newest Python the package supports; the full suite runs on both with the newest Airflow.
+FULL_PYTHONS = ["3.10", "3.13"]
+
+#: Version-specific pins, applied as pip constraints (``pip install -c``), keyed by Airflow version
+#: prefix. Airflow's own constraints files are not reachable from here, and the older releases
+#: declare their dependencies without upper bounds, so a fresh install resolves today's releases
+#: that they predate. Each pin is what broke (first error) and the range of the release's time.
+PINS: dict[str, list[str]] = {
+    "3.0.": [
+        "fastapi<0.116",  # AirflowRouter.api_route() got an unexpected keyword argument 'max_body_size'
+        "cadwyn<6",  # cadwyn 6+ needs a newer fastapi
+        "universal-pathlib<0.3",  # ObjectStoragePath(...) detected protocol file which is incompatible
+        "pyjwt<2.11",  # the API server's tokens: "Issuer (iss) must be a string"
+    ],
+    "3.1.": [
+        "fastapi<0.118",  # 3.1.8's own cap (3.1.0 has none): 'max_body_size' as for 3.0
+        "structlog<25.5",  # cannot import name 'Styles' from 'structlog.dev'
+        "sqlalchemy<2.1",
+        "universal-pathlib<0.3",  # 3.1.8's own cap
+        "pyjwt<2.11",  # "Issuer (iss) must be a string"
+    ],
+    "3.2.": [
+        "fastapi<0.137",  # 3.3's own cap
+        "cadwyn<8",  # cadwyn 9 + pydantic 2.14: "Model 'TITerminalStatePayload' needs a discriminator field"
+    ],
+}
+
+
+@dataclass
+class Cell:
+    airflow: str
+    python: str
+    suites: list[str]
+    label: str  # "core" or "full"
+    notes: list[str] = field(default_factory=list)
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    build_seconds: float = 0.0
+    status: str = "not run"
+
+    @property
+    def name(self) -> str:
+        return f"af{self.airflow}-py{self.python}"
+
+    @property
+    def venv(self) -> Path:
+        return MATRIX_DIR / self.name
+
+
+def all_cells() -> list[Cell]:
+    cells = [Cell(v, CORE_PYTHON, CORE_SUITES, "core") for v in CORE_AIRFLOWS]
+    cells += [Cell(NEWEST_AIRFLOW, py, FULL_SUITES, "full") for py in FULL_PYTHONS]
+    return cells
+
+
+def select(cells: list[Cell], wanted: list[str]) -> list[Cell]:
+    """``floor``, ``newest``, ``core``, ``full`` or cell names / Airflow versions."""
+    if not wanted:
+        return cells
+    chosen: list[Cell] = []
+    for want in wanted:
+        for cell in cells:
+            match = (
+                (want == "floor" and cell.airflow == FLOOR_AIRFLOW and cell.label == "core")
+                or (want == "newest" and cell.airflow == NEWEST_AIRFLOW and cell.label == "core")
+                or want in (cell.label, cell.name, cell.airflow)
+            )
+            if match and cell not in chosen:
+                chosen.append(cell)
+    if not chosen:
+        raise SystemExit(f"no cell matches {wanted}; see --list")
+    return chosen
+
+
+def find_python(version: str) -> str:
+    """An interpreter for ``version`` ("3.10"): ``MATRIX_PYTHON_3_10``, then ``python3.10`` on PATH, then pyenv's.
+
+    :raises SystemExit: when none is found.
+    """
+    env = os.environ.get(f"MATRIX_PYTHON_{version.replace('.', '_')}")
+    if env:
+        return env
+    candidates = sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python{version}")))
+    if candidates:  # pyenv's own build beats a shim that may point at another version
+        return candidates[-1]
+    found = shutil.which(f"python{version}")
+    if found:
+        return found
+    raise SystemExit(f"no Python {version}: set MATRIX_PYTHON_{version.replace('.', '_')}")
+
+
+def install_lines(cell: Cell) -> list[list[str]]:
+    pins = [pin for prefix, values in PINS.items() if cell.airflow.startswith(prefix) for pin in values]
+    first = ["install", f"apache-airflow=={cell.airflow}", "-e", f"{REPO}[test]"]
+    if pins:
+        constraints = cell.venv / "matrix-constraints.txt"
+        first += ["-c", str(constraints)]
+    return [first, ["install", "--no-deps", "apache-airflow-providers-mysql>=6.0"]]
+
+
+def build(cell: Cell, log: Path) -> bool:
+    """Create or reuse the cell's venv; the stamp holds the install lines it was built with."""
+    stamp = cell.venv / ".stamp-matrix"
+    lines = install_lines(cell)
+    pins = [pin for prefix, values in PINS.items() if cell.airflow.startswith(prefix) for pin in values]
+    wanted = repr((lines, pins))
+    if stamp.exists() and stamp.read_text() == wanted:
+        return True
+    start = time.monotonic()
+    with log.open("a") as out:
+        if not (cell.venv / "bin" / "python").exists():
+            subprocess.run([find_python(cell.python), "-m", "venv", str(cell.venv)], check=True, stdout=out, stderr=out)
+        if pins:
+            (cell.venv / "matrix-constraints.txt").write_text("\n".join(pins) + "\n")
+        pip = [str(cell.venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
+        for line in lines:
+            out.write(f"$ pip {shlex.join(line)}\n")
+            out.flush()
+            if subprocess.run(pip + line, stdout=out, stderr=out).returncode != 0:
+                cell.build_seconds = time.monotonic() - start
+                return False
+    stamp.write_text(wanted)
+    cell.build_seconds = time.monotonic() - start
+    return True
+
+
+def run(cell: Cell, pytest_args: list[str], log: Path) -> None:
+    junit = cell.venv / "junit.xml"
+    junit.unlink(missing_ok=True)
+    env = dict(os.environ)
+    # A fresh Airflow home (and metadata DB) per cell: cells of different Airflow versions must
+    # not migrate each other's database.
+    home = tempfile.mkdtemp(prefix=f"airflow-home-{cell.name}-")
+    env.update(AIRFLOW_HOME=home, AIRFLOW__CORE__LOAD_EXAMPLES="False", DAP_TRACKING="false")
+    env.pop("AIRFLOW__CORE__DAGS_FOLDER", None)
+    env.pop("VIRTUAL_ENV", None)
+    dap_cli = REPO / ".venv-dap" / "bin" / "dap"
+    if "DAP_CLI" not in env and dap_cli.exists():
+        env["DAP_CLI"] = str(dap_cli)
+    cmd = [str(cell.venv / "bin" / "python"), "-m", "pytest", *cell.suites, "-q", f"--junitxml={junit}", *pytest_args]
+    start = time.monotonic()
+    with log.open("a") as out:
+        out.write(f"$ {shlex.join(cmd)}\n")
+        out.flush()
+        rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=out, stderr=out).returncode
+    cell.seconds = time.monotonic() - start
+    shutil.rmtree(home, ignore_errors=True)
+    if not junit.exists():
+        cell.status = f"pytest exit {rc}, no report"
+        return
+    for suite in ET.parse(junit).getroot().iter("testsuite"):
+        tests = int(suite.get("tests", 0))
+        failures, errors, skipped = (int(suite.get(k, 0)) for k in ("failures", "errors", "skipped"))
+        cell.failed += failures
+        cell.errors += errors
+        cell.skipped += skipped
+        cell.passed += tests - failures - errors - skipped
+    ok = rc == 0 and cell.failed == 0 and cell.errors == 0
+    cell.status = "pass" if ok else f"FAIL (pytest exit {rc})"
+
+
+def table(cells: list[Cell]) -> str:
+    rows = [
+        "| Airflow | Python | Suites | Passed | Failed | Skipped | Result | Time | Notes |",
+        "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | --- |",
+    ]
+    for c in cells:
+        suites = "full (`make test`)" if c.label == "full" else "hook, operator, sensor, trigger, dag.test"
+        rows.append(
+            f"| {c.airflow} | {c.python} | {suites} | {c.passed} | {c.failed + c.errors} | {c.skipped} "
+            f"| {c.status} | {c.seconds / 60:.1f} min | {'; '.join(c.notes)} |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cells", nargs="*", default=[], help="floor, newest, core, full, a cell name or version")
+    parser.add_argument("--pytest-args", default="", help="extra pytest arguments, one string")
+    parser.add_argument("--build-only", action="store_true", help="build the venvs, run nothing")
+    parser.add_argument("--list", action="store_true", help="print the cells and exit")
+    args = parser.parse_args(argv)
+
+    cells = select(all_cells(), args.cells)
+    if args.list:
+        for c in cells:
+            print(f"{c.name:20} {c.label:5} {' '.join(c.suites)}")
+        return 0
+    MATRIX_DIR.mkdir(exist_ok=True)
+    started = time.monotonic()
+    for cell in cells:
+        log = MATRIX_DIR / f"{cell.name}.log"
+        log.write_text("")
+        print(f"== {cell.name} ({cell.label}): building", flush=True)
+        if not build(cell, log):
+            cell.status = "BUILD FAILED"
+            cell.notes.append(f"see {log.relative_to(REPO)}")
+            print(f"   build failed after {cell.build_seconds:.0f} s, see {log}", flush=True)
+            continue
+        if cell.build_seconds:
+            print(f"   built in {cell.build_seconds:.0f} s", flush=True)
+        if args.build_only:
+            cell.status = "built"
+            continue
+        print(f"== {cell.name}: pytest {' '.join(cell.suites)}", flush=True)
+        run(cell, shlex.split(args.pytest_args), log)
+        print(
+            f"   {cell.status}: {cell.passed} passed, {cell.failed + cell.errors} failed, {cell.skipped} skipped"
+            f" in {cell.seconds:.0f} s (log {log.relative_to(REPO)})",
+            flush=True,
+        )
+    total = time.monotonic() - started
+    result = table(cells)
+    print()
+    print(result)
+    print(f"\nTotal: {total / 60:.1f} min for {len(cells)} cell(s)")
+    (MATRIX_DIR / "results.md").write_text(result + "\n")
+    return 0 if all(c.status in ("pass", "built") for c in cells) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
