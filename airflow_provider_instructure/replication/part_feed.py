@@ -13,11 +13,13 @@ of all its parts before the first row is loaded, so it needs them all on disk fi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from os import PathLike
 from pathlib import Path
 
-from airflow_provider_instructure.replication.tsv import Part
+from airflow_provider_instructure.dap_schema import TableSchema
+from airflow_provider_instructure.replication.identifiers import remap_parts
+from airflow_provider_instructure.replication.tsv import Part, read_part
 
 
 class StreamedParts:
@@ -88,3 +90,31 @@ class PartFeed:
             self.consumed.append(part)
             previous = part
             yield part
+
+
+#: Result parts: a sequence of files, the directory that holds them, or (snapshots) parts
+#: streamed in as they download.
+Parts = Sequence[str | PathLike[str]] | str | PathLike[str] | StreamedParts
+
+
+def read_parts(files: Parts, schema: TableSchema, mapped: TableSchema, *, incremental: bool) -> list[Part]:
+    """The parts' headers, read with the DAP ``schema`` and pointing at the ``mapped`` columns.
+
+    :param files: part paths, their directory (``*.tsv``, ``*.tsv.gz``) or streamed parts
+        (snapshots only; each is read when the load reaches it).
+    :raises TypeError: a path that is not a directory, or streamed parts for an incremental.
+    """
+    if isinstance(files, StreamedParts):
+        if incremental:
+            raise TypeError("streamed parts are for snapshots; pass an incremental's parts as a list or directory")
+        feed = PartFeed(files, lambda path: read_parts([path], schema, mapped, incremental=False)[0])
+        return feed  # type: ignore[return-value]  # iterable and sized, which is all the loads use
+    if isinstance(files, (str, PathLike)):
+        folder = Path(files)
+        if not folder.is_dir():
+            raise TypeError(f"files must be a sequence of part paths or a directory of parts, got {files!r}")
+        files = [p for p in folder.iterdir() if p.name.endswith((".tsv", ".tsv.gz"))]
+    # Parts are numbered (part-00000-...); applying them in that order makes "the last
+    # occurrence of a repeated key wins" deterministic.
+    paths = sorted((Path(f) for f in files), key=lambda p: (p.name, str(p)))
+    return remap_parts([read_part(p, schema, incremental=incremental) for p in paths], schema, mapped)

@@ -43,10 +43,8 @@ No Airflow, no HTTP: this package works on a DB-API connection and local files.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime, timezone
-from os import PathLike
-from pathlib import Path
 from typing import Any
 
 from airflow_provider_instructure.dap_schema import TableSchema, parse_table_schema
@@ -54,24 +52,16 @@ from airflow_provider_instructure.replication.dialects import dialect_class
 from airflow_provider_instructure.replication.dialects.base import NEW_SUFFIX, LoadCounts, LoadJob, PhaseTimer
 from airflow_provider_instructure.replication.dialects.mysql import MySQLDialect
 from airflow_provider_instructure.replication.empty_table import create_empty_table, is_empty_replica
-from airflow_provider_instructure.replication.errors import (
-    ReplicationConfigError,
-    SchemaChangeRequiresSnapshot,
-    SnapshotRequired,
-    WatermarkError,
-)
-from airflow_provider_instructure.replication.identifiers import column_names, mapped_schema, remap_parts, shortened
-from airflow_provider_instructure.replication.part_feed import PartFeed, StreamedParts
+from airflow_provider_instructure.replication.errors import ReplicationConfigError, SchemaChangeRequiresSnapshot
+from airflow_provider_instructure.replication.identifiers import column_names, mapped_schema, shortened
+from airflow_provider_instructure.replication.part_feed import Parts, read_parts
 from airflow_provider_instructure.replication.result import SyncResult
 from airflow_provider_instructure.replication.schema_changes import SchemaChange, diff_schemas
 from airflow_provider_instructure.replication.state import ORIGIN_DAP, STATE_TABLE, StateStore, SyncState
 from airflow_provider_instructure.replication.state_table import ensure_state_table
-from airflow_provider_instructure.replication.tsv import Part, read_part
+from airflow_provider_instructure.replication.tsv import Part
 from airflow_provider_instructure.replication.types import mysql_column_types, sql_type
-
-#: Result parts: a sequence of files, the directory that holds them, or (snapshots) parts
-#: streamed in as they download (:mod:`.part_feed`).
-Parts = Sequence[str | PathLike[str]] | str | PathLike[str] | StreamedParts
+from airflow_provider_instructure.replication.windows import check_incremental_window, check_snapshot_at
 
 #: Tables whose results may repeat a key (upstream at-least-once delivery), as dap knows them.
 DUPLICATE_KEY_TABLES = frozenset({("canvas_logs", "web_logs")})
@@ -240,13 +230,7 @@ class TableReplicator:
         with timer.phase("prepare"):
             parts = self._read_parts(files, original, schema, incremental=False)
         previous = self._recover(timer)
-        if previous is not None and previous.table_exists and at < previous.watermark:
-            raise WatermarkError(
-                f"snapshot at {at.isoformat()} is older than the watermark {previous.watermark.isoformat()} of "
-                f"{self.target_name}; refusing to move the replica back in time",
-                watermark=previous.watermark,
-                until=at,
-            )
+        check_snapshot_at(previous, at, self.target_name)
         with timer.phase("prepare"):
             self._ensure_state_table()
             with self._d.transaction(read_only=True) as cur:
@@ -341,26 +325,7 @@ class TableReplicator:
             parts = self._read_parts(files, original, schema, incremental=True)
         state = self._recover(timer)
         t = self.target
-        if state is None:
-            raise SnapshotRequired(f"{self.target_name} has no replication state; load a snapshot first")
-        if not state.table_exists:
-            raise SnapshotRequired(f"{self.target_name} has a state row but the table is missing; load a snapshot")
-        if since > state.watermark:
-            raise WatermarkError(
-                f"the incremental starts at {since.isoformat()}, after the watermark {state.watermark.isoformat()} of "
-                f"{self.target_name}: changes in between would be lost; query with since={state.watermark.isoformat()}",
-                watermark=state.watermark,
-                since=since,
-                until=until,
-            )
-        if until < state.watermark:
-            raise WatermarkError(
-                f"the incremental ends at {until.isoformat()}, before the watermark {state.watermark.isoformat()} of "
-                f"{self.target_name}: applying it would bring back older values",
-                watermark=state.watermark,
-                since=since,
-                until=until,
-            )
+        state = check_incremental_window(state, since, until, self.target_name)
         # The state row's names describe the live table: they win over the rule (the same
         # today, but a table built by another release keeps its names).
         recorded = state.name_map.get("columns") or {}
@@ -450,22 +415,7 @@ class TableReplicator:
         return {"table": table, "columns": shortened(names)}
 
     def _read_parts(self, files: Parts, schema: TableSchema, mapped: TableSchema, *, incremental: bool) -> list[Part]:
-        """The parts' headers, read with the DAP ``schema`` and pointing at the ``mapped`` columns."""
-        if isinstance(files, StreamedParts):
-            if incremental:
-                raise TypeError("streamed parts are for snapshots; pass an incremental's parts as a list or directory")
-            # Each part is read (the same way as below) when the load reaches it, and released after.
-            feed = PartFeed(files, lambda path: self._read_parts([path], schema, mapped, incremental=False)[0])
-            return feed  # type: ignore[return-value]  # iterable and sized, which is all the loads use
-        if isinstance(files, (str, PathLike)):
-            folder = Path(files)
-            if not folder.is_dir():
-                raise TypeError(f"files must be a sequence of part paths or a directory of parts, got {files!r}")
-            files = [p for p in folder.iterdir() if p.name.endswith((".tsv", ".tsv.gz"))]
-        # Parts are numbered (part-00000-...); applying them in that order makes "the last
-        # occurrence of a repeated key wins" deterministic.
-        paths = sorted((Path(f) for f in files), key=lambda p: (p.name, str(p)))
-        return remap_parts([read_part(p, schema, incremental=incremental) for p in paths], schema, mapped)
+        return read_parts(files, schema, mapped, incremental=incremental)
 
     def _column_types(self, schema: TableSchema) -> dict[str, str]:
         if isinstance(self._d, MySQLDialect):
