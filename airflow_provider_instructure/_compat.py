@@ -51,6 +51,19 @@ def task_state_store(context: Any) -> Any | None:
     return context.get("task_state_store") if hasattr(context, "get") else None
 
 
+def is_object_storage_path(target: Any) -> bool:
+    """Whether ``target`` is an ``ObjectStoragePath`` (any fsspec-backed path) rather than a local path.
+
+    ``isinstance(target, os.PathLike)`` does not tell: with universal-pathlib < 0.3 (Airflow 3.0
+    and 3.1; 3.1.8 requires ``universal-pathlib<0.3.0``) an ``ObjectStoragePath`` subclasses
+    ``pathlib.Path``, so ``s3://bucket/lake`` would be taken for a local directory. Its ``fs``
+    attribute (the fsspec filesystem), which strings and ``pathlib`` paths lack, does.
+
+    :param target: a ``str``, ``os.PathLike`` or ``ObjectStoragePath``.
+    """
+    return not isinstance(target, str) and hasattr(target, "fs")
+
+
 def try_number(context: Any) -> int | None:
     """The running try's number (1 for the first) from the context's task instance, if any."""
     ti = context.get("ti") if hasattr(context, "get") else None
@@ -72,6 +85,7 @@ __all__ = [
     "ObjectStoragePath",
     "PokeReturnValue",
     "conf",
+    "is_object_storage_path",
     "mask_secret",
     "task_state_store",
     "try_number",

@@ -96,7 +96,9 @@ class _Sink:
     """Where one file goes: a local path (atomic rename) or an ObjectStoragePath."""
 
     def __init__(self, target: Any) -> None:
-        self.remote = not isinstance(target, (str, os.PathLike)) and hasattr(target, "fs")
+        # Not ``isinstance(target, os.PathLike)``: under universal-pathlib < 0.3 (Airflow 3.0/3.1) an
+        # ObjectStoragePath is a pathlib.Path; its fsspec ``fs`` tells (_compat.is_object_storage_path).
+        self.remote = not isinstance(target, str) and hasattr(target, "fs")
         if not self.remote:
             self.root: Any = Path(target)
             self.root.mkdir(parents=True, exist_ok=True)

@@ -9,11 +9,11 @@ part is in place, so the next run continues exactly where the last complete one 
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_instructure._compat import is_object_storage_path
 from airflow_provider_instructure.fileio import write_atomically
 
 WATERMARK_FILE = "_cd2_watermark.json"
@@ -30,7 +30,7 @@ def _as_path(target: Any) -> Any:
         from airflow_provider_instructure._compat import ObjectStoragePath
 
         return ObjectStoragePath(target)
-    if isinstance(target, (str, os.PathLike)):
+    if not is_object_storage_path(target):
         return Path(str(target).removeprefix("file://"))
     return target  # an ObjectStoragePath already
 
