@@ -44,6 +44,8 @@ EMULATOR_ARGS = [
 
 @dataclass
 class Full:
+    """The running full-catalog deployment, its emulator's twin (the ground truth) and the first run."""
+
     deployment: Deployment
     emulator_url: str
     twin: Emulator
