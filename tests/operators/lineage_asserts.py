@@ -13,26 +13,30 @@ from typing import Any
 from urllib.parse import urlsplit
 
 
-def file_transport_env(path: Path | str, namespace: str = "cd2-tests") -> dict[str, str]:
-    """Environment that makes ``apache-airflow-providers-openlineage`` append every event to ``path``
-    (one JSON document a line) instead of sending it anywhere.
+def file_transport_env(path: Path | str, namespace: str = "cd2-tests", *, append: bool = True) -> dict[str, str]:
+    """Environment that makes ``apache-airflow-providers-openlineage`` write every event to files
+    instead of sending it anywhere: appended to ``path`` (one JSON document a line), or with
+    ``append=False`` one file per event, ``<path>-<timestamp>.json`` (for many processes writing
+    at once, as in a deployment: no two events can interleave).
 
     ``execute_in_thread``: the listener emits from a thread of the task process rather than a fork
     (the events are written before the task process reports its state).
     """
+    transport = {"type": "file", "log_file_path": str(path), "append": append}
     return {
-        "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps({"type": "file", "log_file_path": str(path), "append": True}),
+        "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(transport),
         "AIRFLOW__OPENLINEAGE__NAMESPACE": namespace,
         "AIRFLOW__OPENLINEAGE__EXECUTE_IN_THREAD": "True",
     }
 
 
 def read_events(path: Path | str) -> list[dict[str, Any]]:
-    """Every event in the file, in the order written (none when it does not exist)."""
+    """Every event written to ``path`` (appended) or to ``<path>-*.json`` (one per file), by event time."""
     path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    texts = [path.read_text()] if path.exists() else []
+    texts += [p.read_text() for p in sorted(path.parent.glob(f"{path.name}-*.json"))]
+    events = [json.loads(line) for text in texts for line in text.splitlines() if line.strip()]
+    return sorted(events, key=lambda e: e.get("eventTime", ""))
 
 
 def task_event(events: list[dict[str, Any]], dag_id: str, task_id: str, event_type: str = "COMPLETE") -> dict[str, Any]:
@@ -112,3 +116,36 @@ def assert_download_lineage(
         stats = outputs[key]["outputFacets"]["outputStatistics"]
         assert (stats["rowCount"], stats["size"], stats["fileCount"]) == (f["rows"], f["size"], 1), (key, stats)
     return event
+
+
+def assert_mapped_sync_lineage(
+    events: list[dict[str, Any]],
+    dag_id: str,
+    task_id: str,
+    *,
+    dap_namespace: str,
+    destination_namespace: str,
+    database: str,
+    report: dict[str, dict[str, Any]],
+) -> None:
+    """One COMPLETE event per synced table of a mapped sync task (every map index is the same
+    OpenLineage job): ``canvas.<table>`` with its schema in, the replica ``<database>.<target>``
+    out with ``rowCount`` = inserted + updated.
+
+    :param report: ``{table: {"target": "schema.table", "inserted": n, "updated": n, ...}}``, the
+        example sync DAG's ``report`` XCom.
+    """
+    complete = [e for e in events if e["job"]["name"] == f"{dag_id}.{task_id}" and e["eventType"] == "COMPLETE"]
+    by_table = {}
+    for event in complete:
+        (source,) = event["inputs"]
+        by_table[source["name"]] = event
+    assert sorted(by_table) == sorted(f"canvas.{t}" for t in report), sorted(by_table)
+    for table, row in report.items():
+        event = by_table[f"canvas.{table}"]
+        assert_dap_input(event, dap_namespace, f"canvas.{table}", schema=True)
+        outputs = datasets(event, "outputs")
+        expected = (destination_namespace, f"{database}.{row['target']}")
+        assert list(outputs) == [expected], (table, list(outputs))
+        stats = outputs[expected]["outputFacets"]["outputStatistics"]
+        assert stats["rowCount"] == row["inserted"] + row["updated"], (table, stats, row)

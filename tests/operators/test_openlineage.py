@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,28 @@ def test_dag_emits_lineage_of_every_operator(
     assert list(datasets(failed, "inputs")) == [(dap, "canvas.no_such_table")]
     error = failed["run"]["facets"]["errorMessage"]
     assert "no_such_table" in error["message"] and error["programmingLanguage"] == "python"
+
+    # An incremental sync: rowCount counts the rows written (inserted + updated), not the deletes.
+    server.emulator.advance(updates=3, inserts=2, deletes=1)
+    again = module.dag.test(run_conf={"target": str(tmp_path / "out")})
+    (summary,) = xcom_values(again.run_id, "sync")
+    assert (summary["mode"], summary["rows_inserted"], summary["rows_updated"], summary["rows_deleted"]) == (
+        "incremental", 2, 3, 1,
+    )  # fmt: skip
+    events = read_events(lineage_file)
+    incremental = assert_sync_lineage(
+        events,
+        DAG_ID,
+        "sync",
+        dap_namespace=dap,
+        table="canvas.users",
+        destination=(f"sqlite://{warehouse}", "canvas__users"),
+        rows=5,
+    )
+    assert incremental["run"]["runId"] != sync_event["run"]["runId"]
+    (source,) = incremental["inputs"]
+    version = datetime.fromisoformat(source["facets"]["version"]["datasetVersion"].replace("Z", "+00:00"))
+    assert version == datetime.fromisoformat(summary["watermark"])  # DAP's "Z" spelling, the sync's "+00:00"
     assert server.client_secret not in json.dumps(events)
 
 
