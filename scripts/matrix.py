@@ -69,8 +69,8 @@ PINS: dict[str, list[str]] = {
         "structlog<25.5",  # cannot import name 'Styles' from 'structlog.dev'
         "sqlalchemy<2.1",
         "universal-pathlib<0.3",  # 3.1.8's own cap
-        "pyjwt<2.11",  # "Issuer (iss) must be a string"
     ],
+    "3.1.0": ["pyjwt<2.11"],  # "Issuer (iss) must be a string" (3.1.8 requires pyjwt>=2.11 and works)
     "3.2.": [
         "fastapi<0.137",  # 3.3's own cap
         "cadwyn<8",  # cadwyn 9 + pydantic 2.14: "Model 'TITerminalStatePayload' needs a discriminator field"

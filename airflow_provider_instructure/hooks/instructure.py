@@ -365,7 +365,20 @@ class InstructureHook(DapJobsMixin, BaseHook):
             message = message.replace(repr(self.instructure_conn_id), "this connection")
             if not isinstance(exc, InstructureConfigError):
                 message = f"{message} (API URL {self.settings.base_url}, Client ID {self.settings.client_id})"
+            if self._masked_secret():
+                # Airflow 3.0/3.1.0's test endpoint tests the form as posted: the edit form's masked
+                # secret is not replaced by the saved one (3.2 merges the saved connection).
+                message = (
+                    f"{message}. The client secret was the masked placeholder '***': this Airflow's Test "
+                    "button does not use the saved secret; type the secret again, then Test"
+                )
             return False, message
+
+    def _masked_secret(self) -> bool:
+        try:
+            return self.settings.client_secret == "***"
+        except Exception:  # settings that failed to load: the original error says why
+            return False
 
     # -- Airflow 2 / 3.0-3.1 connection form (3.2+ reads get_provider_info) ----------------------------
 

@@ -42,6 +42,11 @@ def api(airflow_db) -> Iterator[Any]:
 
     try:
         with TestClient(create_app()) as client:
+            if client.get("/api/v2/connections").status_code == 401:
+                # Airflow 3.0 (version matrix): all-admins still needs a token, which the UI gets
+                # from the simple auth manager and sends as a bearer token.
+                token = client.get("/auth/token").json()["access_token"]
+                client.headers["Authorization"] = f"Bearer {token}"
             yield client
     finally:
         for key, value in saved.items():
@@ -100,6 +105,16 @@ def _test_body(form: dict[str, str], password: str) -> dict[str, Any]:
     }
 
 
+def _test_endpoint_merges_the_saved_connection() -> bool:
+    """Airflow 3.2+'s ``POST /connections/test`` starts from the saved connection (a masked ``***``
+    secret then means the saved one); older releases test the posted fields alone."""
+    import inspect
+
+    from airflow.api_fastapi.core_api.routes.public import connections
+
+    return "get_connection_from_secrets" in inspect.getsource(connections.test_connection)
+
+
 def test_ui_saved_connection_passes_the_test_button(api: Any, dap_emulator: EmulatorServer) -> None:
     # filled as the README tells a user to fill the form
     form = _typed_by_user(
@@ -119,6 +134,11 @@ def test_ui_saved_connection_passes_the_test_button(api: Any, dap_emulator: Emul
             answer = api.post("/api/v2/connections/test", json=_test_body(form, password))
             assert answer.status_code == 200, answer.text
             result = answer.json()
+            if password == "***" and not _test_endpoint_merges_the_saved_connection():
+                # Airflow 3.0/3.1.0 (version matrix) test the form as posted: the hook says what to do
+                assert result["status"] is False, result
+                assert "type the secret again" in result["message"], result
+                continue
             assert result["status"] is True, result
             assert result["message"].startswith(f"Connected to {dap_emulator.url} as {dap_emulator.client_id}")
             assert dap_emulator.client_secret not in result["message"]
