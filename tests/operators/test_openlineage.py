@@ -32,6 +32,7 @@ from tests.operators.lineage_asserts import (
     read_events,
     task_event,
 )
+from tests.replication.conftest import my_server, pg_server  # noqa: F401 - fixtures
 
 DAG_ID = "test_cd2_openlineage"
 
@@ -215,28 +216,46 @@ def test_sql_naming_matches_the_database_providers() -> None:
     )
 
 
-def test_postgres_sync_facets(instructure_conn: EmulatorServer) -> None:
-    """What a sync into PostgreSQL reports: the provider's naming and PostgreSQL types."""
+@pytest.mark.parametrize("dialect", ["postgres", "mysql"])
+def test_sync_lineage_into_postgres_and_mysql(
+    dialect: str, dap_emulator_factory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A real sync into a fresh PostgreSQL / MariaDB database, then the facets the listener would get:
+    the providers' naming, the replica's SQL types, rows inserted then inserted + updated."""
     pytest.importorskip("airflow.providers.openlineage")
-    from airflow_provider_instructure.hooks.instructure import InstructureHook
     from airflow_provider_instructure.operators.cd2_sync import CD2SyncTableOperator
+    from tests.operators.test_cd2_sync import airflow_connection
+    from tests.replication.conftest import make_database
 
-    op = CD2SyncTableOperator(task_id="sync", table="users", destination_conn_id="unused")
-    schema = InstructureHook().get_table_schema("users")
-    op._lineage_note(
-        schema=schema,
-        dialect="postgres",
-        destination=sql_table_naming("postgres", "pg.example", 5433, "warehouse", "canvas", "users"),
-        summary={"rows_inserted": 3, "rows_updated": 2, "rows_deleted": 1, "bytes_loaded": 100},
-    )
-    lineage = op.get_openlineage_facets_on_complete(None)
+    server = dap_emulator_factory(emulator=Emulator(EmulatorConfig(job_running_seconds=0.05), rows=6, catalog="core"))
+    monkeypatch.setenv("AIRFLOW_CONN_INSTRUCTURE_DEFAULT", server.connection_json(retry_delay=0.01))
+    db = make_database(dialect, tmp_path, request)
+    monkeypatch.setenv("AIRFLOW_CONN_OL_WAREHOUSE", json.dumps(airflow_connection(db)))
+
+    def run() -> tuple[dict[str, Any], Any]:
+        op = CD2SyncTableOperator(task_id="sync", table="users", destination_conn_id="ol_warehouse", poll_interval=0.05)
+        return op.execute({}), op.get_openlineage_facets_on_complete(None)
+
+    first, lineage = run()
     (source,) = lineage.inputs
-    assert (source.namespace, source.name) == (dap_namespace(instructure_conn.url), "canvas.users")
+    assert (source.namespace, source.name) == (f"dap://127.0.0.1:{server.port}", "canvas.users")
     (output,) = lineage.outputs
-    assert (output.namespace, output.name) == ("postgres://pg.example:5433", "warehouse.canvas.users")
+    schema, table = first["target"].split(".")
+    if dialect == "postgres":
+        assert (output.namespace, output.name) == ("postgres://127.0.0.1:5432", f"{db.name}.{schema}.{table}")
+    else:
+        assert (output.namespace, output.name) == ("mysql://127.0.0.1:3306", f"{db.name}.{table}")
     types = {f.name: f.type for f in output.facets["schema"].fields}
-    assert types["id"] == "bigint" and types["created_at"].startswith("timestamp"), types
-    assert output.outputFacets["outputStatistics"].rowCount == 5  # inserted + updated
+    assert [f.name for f in source.facets["schema"].fields] == list(types)
+    assert types["id"] == "bigint" if dialect == "postgres" else types["id"].upper().startswith("BIGINT"), types
+    assert output.outputFacets["outputStatistics"].rowCount == first["rows_inserted"] == 6
+
+    server.emulator.advance(updates=2, inserts=1, deletes=1)
+    second, lineage = run()
+    assert (second["rows_inserted"], second["rows_updated"]) == (1, 2)
+    (output,) = lineage.outputs
+    assert output.outputFacets["outputStatistics"].rowCount == 3
+    db.close_all()
 
 
 # -- without the OpenLineage provider ------------------------------------------------------------
