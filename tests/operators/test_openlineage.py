@@ -57,7 +57,10 @@ def lineage_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
         from airflow.providers.openlineage.plugins.listener import OpenLineageListener
     except ImportError:
         unavailable("apache-airflow-providers-openlineage is not installed (pip install '.[openlineage]')")
-    from airflow.sdk.listener import get_listener_manager
+    try:  # the task runner's listeners (Airflow 3.1+)
+        from airflow.sdk.listener import get_listener_manager
+    except ImportError:  # Airflow 3.0
+        from airflow.listeners.listener import get_listener_manager
 
     path = tmp_path / "openlineage.jsonl"
     for key, value in file_transport_env(path).items():
