@@ -179,7 +179,7 @@ def build(cell: Cell, log: Path) -> bool:
     return True
 
 
-def run(cell: Cell, pytest_args: list[str], log: Path) -> None:
+def run(cell: Cell, pytest_args: list[str], log: Path, tree: Path = REPO) -> None:
     junit = cell.venv / "junit.xml"
     junit.unlink(missing_ok=True)
     env = dict(os.environ)
@@ -197,7 +197,9 @@ def run(cell: Cell, pytest_args: list[str], log: Path) -> None:
     with log.open("a") as out:
         out.write(f"$ {shlex.join(cmd)}\n")
         out.flush()
-        rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=out, stderr=out).returncode
+        # ``python -m pytest`` puts the working directory first on sys.path, ahead of the editable
+        # install's /work/main entry: with --tree the package and the tests both come from there.
+        rc = subprocess.run(cmd, cwd=tree, env=env, stdout=out, stderr=out).returncode
     cell.seconds = time.monotonic() - start
     shutil.rmtree(home, ignore_errors=True)
     if not junit.exists():
@@ -234,6 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pytest-args", default="", help="extra pytest arguments, one string")
     parser.add_argument("--build-only", action="store_true", help="build the venvs, run nothing")
     parser.add_argument("--list", action="store_true", help="print the cells and exit")
+    parser.add_argument(
+        "--tree",
+        type=Path,
+        default=REPO,
+        help="run the tests of another checkout of this repository (e.g. a clean `git worktree` of HEAD "
+        "while the working tree has edits in progress); the venvs stay the same",
+    )
     args = parser.parse_args(argv)
 
     cells = select(all_cells(), args.cells)
@@ -258,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             cell.status = "built"
             continue
         print(f"== {cell.name}: pytest {' '.join(cell.suites)}", flush=True)
-        run(cell, shlex.split(args.pytest_args), log)
+        run(cell, shlex.split(args.pytest_args), log, args.tree.resolve())
         print(
             f"   {cell.status}: {cell.passed} passed, {cell.failed + cell.errors} failed, {cell.skipped} skipped"
             f" in {cell.seconds:.0f} s (log {log.relative_to(REPO)})",
