@@ -7,6 +7,7 @@ Without the provider the package imports and runs (a subprocess with ``openlinea
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -169,6 +170,48 @@ def test_dag_emits_lineage_of_every_operator(
     version = datetime.fromisoformat(source["facets"]["version"]["datasetVersion"].replace("Z", "+00:00"))
     assert version == datetime.fromisoformat(summary["watermark"])  # DAP's "Z" spelling, the sync's "+00:00"
     assert server.client_secret not in json.dumps(events)
+
+
+_DAG_TEST_IN_A_PROCESS = """
+import json, sys
+from tests.dags.test_dag_openlineage import dag
+run = dag.test(run_conf={"target": sys.argv[1]})
+print(json.dumps({"state": str(run.state)}))
+"""
+
+
+@pytest.mark.dagtest
+def test_configuration_alone_turns_lineage_on(
+    airflow_db, dap_emulator_factory, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """What a user does: install the provider and set [openlineage] transport; the provider's plugin
+    registers its listener (no test fixture involved) and the events reach the transport."""
+    if importlib.util.find_spec("airflow.providers.openlineage") is None:
+        unavailable("apache-airflow-providers-openlineage is not installed (pip install '.[openlineage]')")
+    server = dap_emulator_factory(emulator=Emulator(EmulatorConfig(job_running_seconds=0.2), rows=4, catalog="core"))
+    events_path = tmp_path / "events.jsonl"
+    env = {
+        **os.environ,
+        **file_transport_env(events_path),
+        "AIRFLOW_CONN_INSTRUCTURE_DEFAULT": server.connection_json(),
+        "AIRFLOW_CONN_OL_WAREHOUSE": json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "w.db")}),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _DAG_TEST_IN_A_PROCESS, str(tmp_path / "out")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = read_events(events_path)
+    dap = f"dap://127.0.0.1:{server.port}"
+    assert list(datasets(task_event(events, DAG_ID, "list_tables"), "inputs")) == [
+        (dap, "canvas.courses"),
+        (dap, "canvas.users"),
+    ]
+    assert_sync_lineage(
+        events, DAG_ID, "sync", dap_namespace=dap, table="canvas.users",
+        destination=(f"sqlite://{tmp_path / 'w.db'}", "canvas__users"), rows=4,
+    )  # fmt: skip
+    assert "errorMessage" in task_event(events, DAG_ID, "missing_table", "FAIL")["run"]["facets"]
 
 
 # -- naming, at unit level -----------------------------------------------------------------------
