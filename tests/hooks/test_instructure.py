@@ -35,8 +35,15 @@ def test_construction_does_no_io(dap_emulator: EmulatorServer) -> None:
     hook = InstructureHook("no_such_connection")  # would fail on first use, not here
     assert hook.instructure_conn_id == "no_such_connection"
     assert dap_emulator.emulator.stats.snapshot() == dict.fromkeys(dap_emulator.emulator.stats.snapshot(), 0)
-    with pytest.raises(InstructureConfigError, match=r"no_such_connection.*not defined"):
-        hook.list_tables()
+    try:
+        with pytest.raises(InstructureConfigError, match=r"no_such_connection.*not defined"):
+            hook.list_tables()
+    except ImportError as exc:
+        # Airflow 3.1.0 (version matrix): outside a task its lookup of a missing connection fails
+        # importing the supervisor's channel instead of raising AirflowNotFoundException (3.1.8 fixed)
+        if "SUPERVISOR_COMMS" not in str(exc):
+            raise
+        pytest.skip(f"Airflow 3.1.0 outside a task: {exc}")
 
 
 @pytest.mark.parametrize(
