@@ -127,6 +127,7 @@ def assert_mapped_sync_lineage(
     destination_namespace: str,
     database: str,
     report: dict[str, dict[str, Any]],
+    run_id: str | None = None,
 ) -> None:
     """One COMPLETE event per synced table of a mapped sync task (every map index is the same
     OpenLineage job): ``canvas.<table>`` with its schema in, the replica ``<database>.<target>``
@@ -134,8 +135,15 @@ def assert_mapped_sync_lineage(
 
     :param report: ``{table: {"target": "schema.table", "inserted": n, "updated": n, ...}}``, the
         example sync DAG's ``report`` XCom.
+    :param run_id: only the events of this DAG run (the ``airflow`` run facet's ``dagRun.run_id``).
     """
-    complete = [e for e in events if e["job"]["name"] == f"{dag_id}.{task_id}" and e["eventType"] == "COMPLETE"]
+    complete = [
+        e
+        for e in events
+        if e["job"]["name"] == f"{dag_id}.{task_id}"
+        and e["eventType"] == "COMPLETE"
+        and (run_id is None or e["run"]["facets"]["airflow"]["dagRun"]["run_id"] == run_id)
+    ]
     by_table = {}
     for event in complete:
         (source,) = event["inputs"]

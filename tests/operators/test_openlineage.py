@@ -172,6 +172,49 @@ def test_dag_emits_lineage_of_every_operator(
     assert server.client_secret not in json.dumps(events)
 
 
+@pytest.mark.dagtest
+def test_example_sync_dag_into_postgres(
+    airflow_db,
+    dap_emulator_factory,
+    lineage_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """The example sync DAG (mapped, deferrable) into PostgreSQL: one COMPLETE event per table with
+    the postgres provider's naming, checked by what the deployment test uses."""
+    import importlib
+
+    from airflow.models.pool import Pool
+
+    from tests.operators.lineage_asserts import assert_mapped_sync_lineage
+    from tests.operators.test_cd2_sync import airflow_connection
+    from tests.replication.conftest import make_database
+    from tests.test_example_dags import xcom_values
+
+    server = dap_emulator_factory(emulator=Emulator(EmulatorConfig(job_running_seconds=0.2), rows=4, catalog="core"))
+    monkeypatch.setenv("AIRFLOW_CONN_INSTRUCTURE_DEFAULT", server.connection_json())
+    db = make_database("postgres", tmp_path, request)
+    monkeypatch.setenv("AIRFLOW_CONN_CD2_WAREHOUSE", json.dumps(airflow_connection(db)))
+    Pool.create_or_update_pool("cd2_api", 5, "DAP job creation", include_deferred=False)
+    module = importlib.import_module("example_dags.example_cd2_sync_to_database")
+
+    run = module.dag.test(run_conf={"tables": "c*", "poll_interval": 0.1})
+    assert run.state == "success"
+    (report,) = xcom_values(run.run_id, "report")
+    assert sorted(report) == ["calendar_events", "course_sections", "courses"]
+    assert_mapped_sync_lineage(
+        read_events(lineage_file),
+        "example_cd2_sync_to_database",
+        "sync",
+        dap_namespace=f"dap://127.0.0.1:{server.port}",
+        destination_namespace="postgres://127.0.0.1:5432",
+        database=db.name,
+        report=report,
+        run_id=run.run_id,
+    )
+
+
 _DAG_TEST_IN_A_PROCESS = """
 import json, sys
 from tests.dags.test_dag_openlineage import dag
