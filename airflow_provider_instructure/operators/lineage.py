@@ -140,16 +140,27 @@ class OpenLineageMixin:
     # -- the listener's entry points ---------------------------------------------------------------
 
     def get_openlineage_facets_on_start(self) -> Any:
-        """The DAP table about to be read (the operator's arguments; nothing is noted yet)."""
+        """The DAP table about to be read (the operator's arguments; nothing is noted yet).
+
+        :returns: an ``OperatorLineage``, or None without the OpenLineage provider.
+        """
         return self._operator_lineage(complete=False)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        """Inputs and outputs of a successful run, from the facts noted during it."""
+        """Inputs and outputs of a successful run, from the facts noted during it.
+
+        :param task_instance: the finished task instance (unused: everything was noted while running).
+        :returns: an ``OperatorLineage``, or None without the OpenLineage provider.
+        """
         return self._operator_lineage(complete=True)
 
     def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
         """What a failed run had read or written when it failed. The OpenLineage provider adds the
-        ``errorMessage`` run facet (the exception's message and stack trace) to the FAIL event."""
+        ``errorMessage`` run facet (the exception's message and stack trace) to the FAIL event.
+
+        :param task_instance: the failed task instance (unused).
+        :returns: an ``OperatorLineage``, or None without the OpenLineage provider.
+        """
         return self._operator_lineage(complete=True)
 
     # -- building ----------------------------------------------------------------------------------
