@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import shlex
 import shutil
@@ -78,6 +79,20 @@ PINS: dict[str, list[str]] = {
 }
 
 
+#: What differs on a version, for the table's notes (keyed by Airflow version prefix).
+DIFFERENCES: dict[str, str] = {
+    "3.0.": "retry starts a new DAP job (no task state store); Test button needs the secret retyped",
+    "3.1.0": "retry starts a new DAP job (no task state store); Test button needs the secret retyped",
+    "3.1.8": "retry starts a new DAP job (no task state store)",
+    "3.2.": "retry starts a new DAP job (no task state store)",
+    "3.3.": "retry resumes its DAP job (task state store)",
+}
+
+
+def pins_for(airflow: str) -> list[str]:
+    return [pin for prefix, values in PINS.items() if airflow.startswith(prefix) for pin in values]
+
+
 @dataclass
 class Cell:
     airflow: str
@@ -105,6 +120,10 @@ class Cell:
 def all_cells() -> list[Cell]:
     cells = [Cell(v, CORE_PYTHON, CORE_SUITES, "core") for v in CORE_AIRFLOWS]
     cells += [Cell(NEWEST_AIRFLOW, py, FULL_SUITES, "full") for py in FULL_PYTHONS]
+    for cell in cells:
+        cell.notes = [d for prefix, d in DIFFERENCES.items() if cell.airflow.startswith(prefix)]
+        if pins_for(cell.airflow):
+            cell.notes.append("pinned: " + ", ".join(f"`{p}`" for p in pins_for(cell.airflow)))
     return cells
 
 
@@ -145,7 +164,7 @@ def find_python(version: str) -> str:
 
 
 def install_lines(cell: Cell) -> list[list[str]]:
-    pins = [pin for prefix, values in PINS.items() if cell.airflow.startswith(prefix) for pin in values]
+    pins = pins_for(cell.airflow)
     first = ["install", f"apache-airflow=={cell.airflow}", "-e", f"{REPO}[test]"]
     if pins:
         constraints = cell.venv / "matrix-constraints.txt"
@@ -157,7 +176,7 @@ def build(cell: Cell, log: Path) -> bool:
     """Create or reuse the cell's venv; the stamp holds the install lines it was built with."""
     stamp = cell.venv / ".stamp-matrix"
     lines = install_lines(cell)
-    pins = [pin for prefix, values in PINS.items() if cell.airflow.startswith(prefix) for pin in values]
+    pins = pins_for(cell.airflow)
     wanted = repr((lines, pins))
     if stamp.exists() and stamp.read_text() == wanted:
         return True
@@ -205,6 +224,34 @@ def run(cell: Cell, pytest_args: list[str], log: Path, tree: Path = REPO) -> Non
     if not junit.exists():
         cell.status = f"pytest exit {rc}, no report"
         return
+    count(cell, junit)
+    ok = rc == 0 and cell.failed == 0 and cell.errors == 0
+    cell.status = "pass" if ok else f"FAIL (pytest exit {rc})"
+
+
+RESULT_FIELDS = ("passed", "failed", "errors", "skipped", "seconds", "status")
+
+
+def save(cell: Cell) -> None:
+    """The cell's last result, for ``--report`` (cells run by separate invocations)."""
+    data = {k: getattr(cell, k) for k in RESULT_FIELDS}
+    (cell.venv / "result.json").write_text(json.dumps(data))
+
+
+def load(cell: Cell) -> None:
+    """The cell's saved result, else what its last junit report says (a run still going has none)."""
+    path = cell.venv / "result.json"
+    junit = cell.venv / "junit.xml"
+    if path.exists() and (not junit.exists() or path.stat().st_mtime >= junit.stat().st_mtime):
+        for key, value in json.loads(path.read_text()).items():
+            setattr(cell, key, value)
+    elif junit.exists():
+        count(cell, junit)
+        cell.seconds = sum(float(s.get("time", 0)) for s in ET.parse(junit).getroot().iter("testsuite"))
+        cell.status = "pass" if cell.failed == 0 and cell.errors == 0 else "FAIL"
+
+
+def count(cell: Cell, junit: Path) -> None:
     for suite in ET.parse(junit).getroot().iter("testsuite"):
         tests = int(suite.get("tests", 0))
         failures, errors, skipped = (int(suite.get(k, 0)) for k in ("failures", "errors", "skipped"))
@@ -212,8 +259,6 @@ def run(cell: Cell, pytest_args: list[str], log: Path, tree: Path = REPO) -> Non
         cell.errors += errors
         cell.skipped += skipped
         cell.passed += tests - failures - errors - skipped
-    ok = rc == 0 and cell.failed == 0 and cell.errors == 0
-    cell.status = "pass" if ok else f"FAIL (pytest exit {rc})"
 
 
 def table(cells: list[Cell]) -> str:
@@ -236,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pytest-args", default="", help="extra pytest arguments, one string")
     parser.add_argument("--build-only", action="store_true", help="build the venvs, run nothing")
     parser.add_argument("--list", action="store_true", help="print the cells and exit")
+    parser.add_argument("--report", action="store_true", help="print the table of the cells' last results, run nothing")
     parser.add_argument(
         "--tree",
         type=Path,
@@ -246,6 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cells = select(all_cells(), args.cells)
+    if args.report:
+        for cell in cells:
+            load(cell)
+        print(table(cells))
+        return 0 if all(c.status == "pass" for c in cells) else 1
     if args.list:
         for c in cells:
             print(f"{c.name:20} {c.label:5} {' '.join(c.suites)}")
@@ -268,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"== {cell.name}: pytest {' '.join(cell.suites)}", flush=True)
         run(cell, shlex.split(args.pytest_args), log, args.tree.resolve())
+        save(cell)
         print(
             f"   {cell.status}: {cell.passed} passed, {cell.failed + cell.errors} failed, {cell.skipped} skipped"
             f" in {cell.seconds:.0f} s (log {log.relative_to(REPO)})",
