@@ -53,6 +53,19 @@ def _airflow_30_31_test_names() -> None:
         except ImportError:
             from airflow.sdk.execution_time.secrets_masker import redact
         sdk_log.redact = redact  # type: ignore[attr-defined]
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("airflow.dag_processing.dagbag") is None:  # Airflow 3.0/3.1: models.dagbag
+        import airflow.models.dagbag as models_dagbag
+
+        if not hasattr(models_dagbag, "sync_bag_to_db"):  # Airflow 3.0: a DagBag method
+
+            def sync_bag_to_db(bag, bundle_name, bundle_version, *args, **kwargs):  # type: ignore[no-untyped-def]
+                return bag.sync_to_db(bundle_name, bundle_version, *args, **kwargs)
+
+            models_dagbag.sync_bag_to_db = sync_bag_to_db  # type: ignore[attr-defined]
+        sys.modules["airflow.dag_processing.dagbag"] = models_dagbag
 
 
 _airflow_30_31_test_names()
