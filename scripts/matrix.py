@@ -45,10 +45,13 @@ CORE_SUITES = ["tests/hooks", "tests/operators", "tests/triggers", "tests/test_e
 #: Everything ``make test`` runs (the pyproject's testpaths).
 FULL_SUITES = ["tests"]
 
-#: Oldest and newest patch release of every supported Airflow minor (3.0.5 was never published).
+#: Oldest and newest supported patch release of every supported Airflow minor (3.1 from 3.1.8, the floor).
 NEWEST_AIRFLOW = "3.3.2"
-FLOOR_AIRFLOW = "3.0.0"
-CORE_AIRFLOWS = ["3.0.0", "3.0.6", "3.1.0", "3.1.8", "3.2.0", "3.2.2", "3.3.0", NEWEST_AIRFLOW]
+#: The floor (pyproject's apache-airflow>=3.1.8): the README's "Supported versions" says why.
+FLOOR_AIRFLOW = "3.1.8"
+CORE_AIRFLOWS = [FLOOR_AIRFLOW, "3.2.0", "3.2.2", "3.3.0", NEWEST_AIRFLOW]
+#: Below the floor: run only when named (``--cells below-floor``), to show what fails there.
+BELOW_FLOOR_AIRFLOWS = ["3.0.0", "3.0.6", "3.1.0"]
 #: The Python the core cells use (every supported Airflow minor supports it).
 CORE_PYTHON = "3.11"
 #: Oldest and newest Python the package supports; the full suite runs on both with the newest Airflow.
@@ -120,6 +123,7 @@ class Cell:
 def all_cells() -> list[Cell]:
     cells = [Cell(v, CORE_PYTHON, CORE_SUITES, "core") for v in CORE_AIRFLOWS]
     cells += [Cell(NEWEST_AIRFLOW, py, FULL_SUITES, "full") for py in FULL_PYTHONS]
+    cells += [Cell(v, CORE_PYTHON, CORE_SUITES, "below-floor") for v in BELOW_FLOOR_AIRFLOWS]
     for cell in cells:
         cell.notes = [d for prefix, d in DIFFERENCES.items() if cell.airflow.startswith(prefix)]
         if pins_for(cell.airflow):
@@ -128,9 +132,9 @@ def all_cells() -> list[Cell]:
 
 
 def select(cells: list[Cell], wanted: list[str]) -> list[Cell]:
-    """``floor``, ``newest``, ``core``, ``full`` or cell names / Airflow versions."""
+    """``floor``, ``newest``, ``core``, ``full``, ``below-floor`` or cell names / Airflow versions."""
     if not wanted:
-        return cells
+        return [c for c in cells if c.label != "below-floor"]
     chosen: list[Cell] = []
     for want in wanted:
         for cell in cells:
@@ -268,6 +272,8 @@ def table(cells: list[Cell]) -> str:
     ]
     for c in cells:
         suites = "full (`make test`)" if c.label == "full" else "hook, operator, sensor, trigger, dag.test"
+        if c.label == "below-floor":
+            suites += " (below the floor)"
         rows.append(
             f"| {c.airflow} | {c.python} | {suites} | {c.passed} | {c.failed + c.errors} | {c.skipped} "
             f"| {c.status} | {c.seconds / 60:.1f} min | {'; '.join(c.notes)} |"
@@ -277,7 +283,9 @@ def table(cells: list[Cell]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cells", nargs="*", default=[], help="floor, newest, core, full, a cell name or version")
+    parser.add_argument(
+        "--cells", nargs="*", default=[], help="floor, newest, core, full, below-floor, a cell name or version"
+    )
     parser.add_argument("--pytest-args", default="", help="extra pytest arguments, one string")
     parser.add_argument("--build-only", action="store_true", help="build the venvs, run nothing")
     parser.add_argument("--list", action="store_true", help="print the cells and exit")
