@@ -78,6 +78,8 @@ PINS: dict[str, list[str]] = {
     "3.2.": [
         "fastapi<0.137",  # 3.3's own cap
         "cadwyn<8",  # cadwyn 9 + pydantic 2.14: "Model 'TITerminalStatePayload' needs a discriminator field"
+        "svcs<26",  # dag.test(): the execution API's "'State' object has no attribute 'svcs_registry'"
+        "sqlalchemy<2.1",  # installed with svcs<26 when dag.test() passed again (3.2 predates SQLAlchemy 2.1)
     ],
 }
 
