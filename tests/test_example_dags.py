@@ -170,7 +170,11 @@ def test_example_dags_parse_the_same_whatever_the_environment(monkeypatch: pytes
     import json
 
     from airflow.dag_processing.dagbag import DagBag
-    from airflow.serialization.serialized_objects import DagSerialization
+
+    try:
+        from airflow.serialization.serialized_objects import DagSerialization
+    except ImportError:  # Airflow 3.1 (version matrix)
+        from airflow.serialization.serialized_objects import SerializedDAG as DagSerialization
 
     def serialized() -> dict[str, str]:
         bag = DagBag(dag_folder=str(REPO / "example_dags"))
