@@ -115,11 +115,20 @@ class Cell:
 
     @property
     def name(self) -> str:
-        return f"af{self.airflow}-py{self.python}"
+        return f"af{self.airflow}-py{self.python}" + ("-full" if self.label == "full" else "")
 
     @property
     def venv(self) -> Path:
-        return MATRIX_DIR / self.name
+        """Shared by the core and full cells of one Airflow and Python."""
+        return MATRIX_DIR / f"af{self.airflow}-py{self.python}"
+
+    @property
+    def junit(self) -> Path:
+        return self.venv / f"{self.label}-junit.xml"
+
+    @property
+    def result(self) -> Path:
+        return self.venv / f"{self.label}-result.json"
 
 
 def all_cells() -> list[Cell]:
@@ -205,7 +214,7 @@ def build(cell: Cell, log: Path) -> bool:
 
 
 def run(cell: Cell, pytest_args: list[str], log: Path, tree: Path = REPO) -> None:
-    junit = cell.venv / "junit.xml"
+    junit = cell.junit
     junit.unlink(missing_ok=True)
     env = dict(os.environ)
     # A fresh Airflow home (and metadata DB) per cell: cells of different Airflow versions must
@@ -241,13 +250,13 @@ RESULT_FIELDS = ("passed", "failed", "errors", "skipped", "seconds", "status")
 def save(cell: Cell) -> None:
     """The cell's last result, for ``--report`` (cells run by separate invocations)."""
     data = {k: getattr(cell, k) for k in RESULT_FIELDS}
-    (cell.venv / "result.json").write_text(json.dumps(data))
+    cell.result.write_text(json.dumps(data))
 
 
 def load(cell: Cell) -> None:
     """The cell's saved result, else what its last junit report says (a run still going has none)."""
-    path = cell.venv / "result.json"
-    junit = cell.venv / "junit.xml"
+    path = cell.result
+    junit = cell.junit
     if path.exists() and (not junit.exists() or path.stat().st_mtime >= junit.stat().st_mtime):
         for key, value in json.loads(path.read_text()).items():
             setattr(cell, key, value)
