@@ -24,7 +24,7 @@ from airflow_provider_instructure.hooks import downloads as downloads_module
 from airflow_provider_instructure.hooks.downloads import _gzip_complete
 from airflow_provider_instructure.operators.cd2_download import CD2DownloadOperator
 from airflow_provider_instructure.operators.sync_workdir import JobDirBusy, JobDirClaim, remove_other_jobs
-from airflow_provider_instructure.replication import replicator as replicator_module
+from airflow_provider_instructure.replication import part_feed as part_feed_module
 from tests.operators.test_cd2_sync import replica_equals_emulator, server, sync, warehouse  # noqa: F401 - fixtures
 from tests.replication.conftest import Database, my_server, pg_server  # noqa: F401 - fixtures
 
@@ -40,7 +40,7 @@ def fail_the_load(monkeypatch: pytest.MonkeyPatch) -> None:
     def dies(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("killed before the load")
 
-    monkeypatch.setattr(replicator_module, "read_part", dies)
+    monkeypatch.setattr(part_feed_module, "read_part", dies)
 
 
 def job_dirs(workdir: Path) -> list[Path]:

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_instructure.emulator.server import EmulatorServer
-from airflow_provider_instructure.replication import replicator as replicator_module
+from airflow_provider_instructure.replication import part_feed as part_feed_module
 from tests.operators.test_cd2_part_reuse import downloads
 from tests.operators.test_cd2_sync import replica_equals_emulator, server, sync, warehouse  # noqa: F401 - fixtures
 from tests.replication.conftest import Database, my_server, pg_server  # noqa: F401 - fixtures
@@ -95,7 +95,7 @@ def test_snapshot_loads_while_downloading_with_at_most_window_parts_on_disk(
     many_parts(server, bandwidth=6000)
     workdir = tmp_path / "parts"
     with Watch(server, workdir) as watch:
-        monkeypatch.setattr(replicator_module, "read_part", watch.reader(replicator_module.read_part))
+        monkeypatch.setattr(part_feed_module, "read_part", watch.reader(part_feed_module.read_part))
         result = sync("users", workdir=str(workdir), download_concurrency=WINDOW)
     assert result["mode"] == "snapshot" and result["rows_inserted"] == 15 and result["files"] == PARTS
     assert len(watch.at_read) == PARTS
@@ -117,7 +117,7 @@ def test_a_failed_pipelined_snapshot_leaves_whole_parts_that_the_retry_reuses(
 ) -> None:
     many_parts(server)
     workdir = tmp_path / "parts"
-    real = replicator_module.read_part
+    real = part_feed_module.read_part
     opened: list[str] = []
 
     def dies_on_the_sixth_part(path: Path, *args: Any, **kwargs: Any) -> Any:
@@ -127,7 +127,7 @@ def test_a_failed_pipelined_snapshot_leaves_whole_parts_that_the_retry_reuses(
         return real(path, *args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(replicator_module, "read_part", dies_on_the_sixth_part)
+        patch.setattr(part_feed_module, "read_part", dies_on_the_sixth_part)
         with pytest.raises(RuntimeError, match="killed"):
             sync("users", workdir=str(workdir), download_concurrency=WINDOW)
     left = sorted(p.name for p in part_files(workdir))

@@ -105,9 +105,9 @@ def test_failed_run_keeps_data_and_watermark_and_rerun_converges(
 ) -> None:
     first = sync("courses")
     server.emulator.advance(["canvas.courses"], updates=4, inserts=1, deletes=2)
-    from airflow_provider_instructure.replication import replicator as replicator_module
+    from airflow_provider_instructure.replication import part_feed as part_feed_module
 
-    real_read = replicator_module.read_part
+    real_read = part_feed_module.read_part
     calls = {"n": 0}
 
     def dies_on_the_second_part(*args: Any, **kwargs: Any) -> Any:
@@ -116,10 +116,10 @@ def test_failed_run_keeps_data_and_watermark_and_rerun_converges(
             raise RuntimeError("killed in the middle of the load")
         return real_read(*args, **kwargs)
 
-    monkeypatch.setattr(replicator_module, "read_part", dies_on_the_second_part)
+    monkeypatch.setattr(part_feed_module, "read_part", dies_on_the_second_part)
     with pytest.raises(RuntimeError, match="killed"):
         sync("courses")
-    monkeypatch.setattr(replicator_module, "read_part", real_read)
+    monkeypatch.setattr(part_feed_module, "read_part", real_read)
     replica_equals_emulator(warehouse, server, "canvas", "courses", first)  # untouched
     second = sync("courses")
     assert second["mode"] == "incremental" and second["watermark"] > first["watermark"]
