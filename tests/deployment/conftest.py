@@ -33,6 +33,7 @@ from airflow_provider_instructure.operators.cd2 import CD2QueryOperator
 from tests.conftest import unavailable
 from tests.deployment.deployment import AIRFLOW, PG, REPO, Deployment, DeploymentError, pg_connect, wait_for
 from tests.deployment.harness import bring_up
+from tests.operators.lineage_asserts import file_transport_env
 
 SEED = 11
 ROWS = 20
@@ -143,6 +144,9 @@ def e2e(request: pytest.FixtureRequest) -> Iterator[E2E]:
         with _deployment(request, "airflow-e2e-") as (deployment, warehouse_db, created):
             e2e = E2E(deployment, "", twin, warehouse_db, sorted(twin.dataset.tables["canvas"]))
             e2e.started = time.monotonic()
+            # OpenLineage events, one file per event (many task processes write at once).
+            (deployment.home / "openlineage").mkdir()
+            deployment.extra_env.update(file_transport_env(deployment.home / "openlineage" / "event", append=False))
             e2e.emulator_url = bring_up(
                 deployment,
                 dag_files=[*sorted((REPO / "example_dags").glob("example_cd2_*.py")), *sorted(DAGS_DIR.glob("*.py"))],

@@ -18,9 +18,11 @@ import pytest
 import requests
 
 from airflow_provider_instructure.emulator.config import DEMO_CLIENT_SECRET
+from airflow_provider_instructure.operators.lineage import dap_namespace
 from tests.deployment.conftest import E2E, EXAMPLE_DAGS, RETRY_DAG, ROWS
 from tests.deployment.deployment import pg_connect
 from tests.deployment.ui_connection import ui_save_body, ui_test_body, visible_fields
+from tests.operators.lineage_asserts import assert_mapped_sync_lineage, read_events
 from tests.replication.repl_helpers import assert_same_rows, expected_table, replica_table
 
 pytestmark = pytest.mark.deployment
@@ -222,3 +224,22 @@ def test_no_secret_in_any_log(e2e: E2E) -> None:
             for _ in pattern.finditer(text):
                 found[(what, str(path.relative_to(e2e.deployment.home)))] += 1
     assert not found, f"secrets in logs: {dict(found)} {_where(e2e)}"
+
+
+def test_openlineage_events_of_the_mapped_sync(e2e: E2E, first_runs: dict[str, str]) -> None:
+    """The OpenLineage provider's listener, in the real worker processes, reports every synced
+    table: ``canvas.<table>`` from DAP in, the PostgreSQL replica (schema facet, rowCount) out."""
+    events = read_events(e2e.deployment.home / "openlineage" / "event")
+    dag_id = "example_cd2_sync_to_database"
+    run_id = first_runs[dag_id]
+    (report,) = e2e.deployment.xcom(dag_id, run_id, "report")
+    assert_mapped_sync_lineage(
+        events,
+        dag_id,
+        "sync",
+        dap_namespace=dap_namespace(e2e.emulator_url),
+        destination_namespace="postgres://127.0.0.1:5432",
+        database=e2e.warehouse_db,
+        report=report,
+        run_id=run_id,
+    )
