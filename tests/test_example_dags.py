@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,18 +32,40 @@ def xcom_values(run_id: str, task_id: str) -> list:
         return [row.value for row in rows]
 
 
-def asset_events(uri_prefix: str) -> list:
+def asset_events(uri_prefix: str, *run_ids: str) -> list:
+    """``(uri, extra, source_task_id)`` of the asset events under ``uri_prefix``, of ``run_ids`` only if given.
+
+    The metadata DB lives for the whole session (``airflow_db``), so events of earlier tests' runs of
+    the same tables are there too (the OpenLineage tests' incremental runs of ``canvas/users``):
+    a check on "the events of this run" must say which runs.
+    """
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        rows = (
+        query = (
             session.query(AssetModel.uri, AssetEvent.extra, AssetEvent.source_task_id)
             .join(AssetEvent, AssetEvent.asset_id == AssetModel.id)
             .filter(AssetModel.uri.startswith(uri_prefix))
-            .all()
         )
-        return [(uri, extra, task) for uri, extra, task in rows]
+        if run_ids:
+            query = query.filter(AssetEvent.source_run_id.in_(run_ids))
+        return [(uri, extra, task) for uri, extra, task in query.all()]
+
+
+def fresh_dag_module(name: str) -> Any:
+    """The DAG module ``name`` imported anew, so its DAG and tasks are new objects.
+
+    ``dag.test()`` runs tasks in this process on the module's own task objects, and a run's
+    ``run_conf`` stays in them: Airflow's ``process_params`` (3.1.8, unchanged in 3.3.2) resolves the
+    conf into the task's own ``Param`` objects (``ParamsDict.__setitem__`` -> ``Param.resolve``
+    sets ``value``). A later run of the same module object without that key then sees the old value,
+    e.g. ``tables: "c*"`` from ``test_example_sync_dag_into_postgres`` made the rate-limit test
+    sync 3 tables instead of 14. In a deployment every task parses its DAG anew, so this is the
+    harness only.
+    """
+    module = importlib.import_module(name)
+    return importlib.reload(module)
 
 
 def test_example_dags_import_without_errors() -> None:
@@ -57,7 +80,7 @@ def test_list_tables_dag(airflow_db, dap_emulator_factory, monkeypatch: pytest.M
     # The core tables: the DAG maps a schema task over every table, and 15 show the same as 90.
     server = dap_emulator_factory(rows=5, catalog="core")
     monkeypatch.setenv("AIRFLOW_CONN_INSTRUCTURE_DEFAULT", server.connection_json())
-    module = importlib.import_module("example_dags.example_cd2_list_tables")
+    module = fresh_dag_module("example_dags.example_cd2_list_tables")
     run = module.dag.test()
     assert run.state == "success"
     served = sorted(server.emulator.dataset.tables["canvas"])
@@ -74,7 +97,7 @@ def test_snapshot_to_files_dag(
     server = dap_emulator_factory(emulator=Emulator(EmulatorConfig(job_running_seconds=0.3), rows=30, catalog="core"))
     monkeypatch.setenv("AIRFLOW_CONN_INSTRUCTURE_DEFAULT", server.connection_json())
     Pool.create_or_update_pool("cd2_api", 5, "DAP job creation", include_deferred=False)
-    module = importlib.import_module("example_dags.example_cd2_snapshot_to_files")
+    module = fresh_dag_module("example_dags.example_cd2_snapshot_to_files")
     assert module.dag.get_task("download").pool == "cd2_api"
     conf = {"target": str(tmp_path), "poll_interval": 0.1}
 
@@ -90,7 +113,7 @@ def test_snapshot_to_files_dag(
             "canvas", table
         ).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert server.emulator.stats.count("create_job") == len(tables)
-    events = asset_events("instructure://canvas/")
+    events = asset_events("instructure://canvas/", first.run_id)
     assert {uri for uri, _, _ in events} == {f"instructure://canvas/{t}" for t in tables}
     assert all(
         extra["kind"] == "snapshot" and extra["watermark"] and extra["schema_version"] == 1 for _, extra, _ in events
@@ -114,7 +137,7 @@ def test_a_retried_task_resumes_its_job(airflow_db, dap_emulator_factory, monkey
     server = dap_emulator_factory(emulator=Emulator(EmulatorConfig(job_running_seconds=0.5), rows=5))
     monkeypatch.setenv("AIRFLOW_CONN_INSTRUCTURE_FLAKY", server.connection_json(retry_limit=1, retry_delay=0.01))
     server.emulator.faults.inject("get_job", "500", count=1)  # try 1 fails while waiting for its job
-    module = importlib.import_module("tests.dags.test_dag_query_retry")
+    module = fresh_dag_module("tests.dags.test_dag_query_retry")
     run = module.dag.test()
     assert run.state == "success"
     assert server.emulator.stats.count("create_job") == (1 if AIRFLOW_V_3_3_PLUS else 2)
@@ -136,7 +159,7 @@ def test_sync_to_database_dag(
     warehouse = tmp_path / "warehouse.db"
     monkeypatch.setenv("AIRFLOW_CONN_CD2_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(warehouse)}))
     Pool.create_or_update_pool("cd2_api", 5, "DAP job creation", include_deferred=False)
-    module = importlib.import_module("example_dags.example_cd2_sync_to_database")
+    module = fresh_dag_module("example_dags.example_cd2_sync_to_database")
     tables = sorted(server.emulator.dataset.tables["canvas"])
 
     first = module.dag.test(run_conf={"poll_interval": 0.1})
@@ -155,9 +178,11 @@ def test_sync_to_database_dag(
         (count,) = db.execute(f'SELECT count(*) FROM "canvas__{table}"').fetchone()
         assert count == len(list(server.emulator.expected_rows("canvas", table)))
     db.close()
-    replicas = [uri for uri, _, _ in asset_events("sqlite:")]
+    replicas = [uri for uri, _, _ in asset_events("sqlite:", first.run_id, second.run_id)]
     assert len(replicas) == 2 * len(tables)
-    sources = [extra for _, extra, task in asset_events("instructure://canvas/") if task == "sync"]
+    sources = [
+        extra for _, extra, task in asset_events("instructure://canvas/", first.run_id, second.run_id) if task == "sync"
+    ]
     assert len(sources) == 2 * len(tables) and all(e["destination"].startswith("sqlite:") for e in sources)
 
 
