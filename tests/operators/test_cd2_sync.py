@@ -6,6 +6,7 @@ when a server is down on a laptop, failed when CI=true); SQLite uses a file in t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -67,12 +68,13 @@ def sync(table: str, namespace: str = "canvas", **kwargs: Any) -> dict[str, Any]
 
 
 def replica_equals_emulator(db: Database, server: EmulatorServer, namespace: str, table: str, result: dict) -> None:
-    rep = TableReplicator(db.connect(), db.dialect, namespace, table)
-    state = rep.read_state()
-    assert state is not None and state.watermark.isoformat() == result["watermark"]
-    schema = server.emulator.dataset.table(namespace, table).versioned_schema
-    conn = db.connect()
-    actual = replica_table(conn, db.dialect, db.qualified(rep.target), schema)
+    # Closed at once: the test checks 45 replicas, and PostgreSQL allows 100 clients in all.
+    with contextlib.closing(db.connect()) as conn:
+        rep = TableReplicator(conn, db.dialect, namespace, table)
+        state = rep.read_state()
+        assert state is not None and state.watermark.isoformat() == result["watermark"]
+        schema = server.emulator.dataset.table(namespace, table).versioned_schema
+        actual = replica_table(conn, db.dialect, db.qualified(rep.target), schema)
     expected = expected_table(server, namespace, table, state.watermark, schema)
     assert_same_rows(actual, expected, f"{db.dialect} {namespace}.{table} at {result['watermark']}")
 

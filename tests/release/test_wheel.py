@@ -126,7 +126,7 @@ def test_wheel_holds_the_package_and_nothing_else(dist: Dist) -> None:
         meta = wheel.read(f"{info}/METADATA").decode()
         entry_points = wheel.read(f"{info}/entry_points.txt").decode()
     assert f"\nVersion: {VERSION}\n" in meta
-    assert "\nRequires-Python: >=3.10\n" in meta
+    assert "\nRequires-Python: >=3.11\n" in meta
     assert "\nRequires-Dist: apache-airflow>=3.0.0\n" in meta
     assert f"provider_info = {PACKAGE}.get_provider_info:get_provider_info" in entry_points
 
