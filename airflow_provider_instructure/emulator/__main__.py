@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from datetime import datetime
 
 from airflow_provider_instructure.emulator.config import EmulatorConfig
 from airflow_provider_instructure.emulator.core import Emulator
 from airflow_provider_instructure.emulator.dataset import CATALOGS, EXTRA_TABLE_ROWS
 from airflow_provider_instructure.emulator.server import EmulatorServer
+from airflow_provider_instructure.timestamps import parse_timestamp
 
 
 def _rows(values: list[str]) -> int | dict[str, int]:
@@ -98,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         config.update({"quirks": {name: float(rate) for name, _, rate in (q.partition("=") for q in args.quirks)}})
     except ValueError as exc:
         parser.error(f"--quirks: {exc}")
-    clock_start = datetime.fromisoformat(args.clock_start.replace("Z", "+00:00")) if args.clock_start else None
+    try:
+        clock_start = parse_timestamp(args.clock_start) if args.clock_start else None
+    except ValueError as exc:
+        parser.error(f"--clock-start: {exc}")
     emulator = Emulator(
         config,
         seed=args.seed,

@@ -28,6 +28,7 @@ from airflow_provider_instructure.emulator.encoders import (
     write_text_part,
 )
 from airflow_provider_instructure.emulator.generator import RowFactory
+from airflow_provider_instructure.timestamps import parse_timestamp
 
 
 @dataclass(frozen=True)
@@ -263,8 +264,8 @@ def expected_rows(dataset: Dataset, namespace: str, table: str, at: datetime | N
 
 
 def utc_parse(text: str) -> datetime:
-    """Parse an RFC 3339 timestamp that must carry a zone designator."""
-    value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    if value.tzinfo is None:
-        raise ValueError(f"timestamp {text!r} lacks a time zone designator (use Z or +hh:mm)")
-    return value.astimezone(timezone.utc)
+    """Parse an RFC 3339 timestamp that must carry a zone designator, to UTC.
+
+    :raises ValueError: when ``text`` is not one or has no zone (see :func:`parse_timestamp`).
+    """
+    return parse_timestamp(text)

@@ -13,6 +13,7 @@ from enum import Enum
 from typing import Any
 
 from airflow_provider_instructure.exceptions import DapUnexpectedResponse
+from airflow_provider_instructure.timestamps import parse_timestamp as parse_timestamp_text
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -40,12 +41,21 @@ def format_timestamp(value: datetime) -> str:
 
 
 def parse_timestamp(value: datetime | str, what: str) -> datetime:
-    """Accept an aware datetime or an ISO-8601 string with a zone; reject naive values."""
+    """Accept an aware datetime or an ISO-8601 string with a zone; reject naive values.
+
+    Strings are read by :func:`~airflow_provider_instructure.timestamps.parse_timestamp` (the same
+    on Python 3.10, whose ``datetime.fromisoformat`` rejects ``Z`` and 1-9 digit fractions).
+    """
     if isinstance(value, str):
         try:
-            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+            # Read as UTC when naive only to tell "not a timestamp" from "no zone" (rejected below).
+            parsed = parse_timestamp_text(value.strip(), naive_is_utc=True)
         except ValueError:
             raise ValueError(f"{what} {value!r} is not an ISO-8601 timestamp (e.g. 2024-05-01T12:00:00Z)") from None
+        try:
+            parse_timestamp_text(value.strip())
+        except ValueError:
+            parsed = parsed.replace(tzinfo=None)
     elif isinstance(value, datetime):
         parsed = value
     else:

@@ -24,6 +24,7 @@ from typing import Any
 
 import requests
 
+from airflow_provider_instructure.timestamps import parse_timestamp
 from tests.deployment.deployment import PG, Deployment, wait_for
 
 DEMO_CLIENT_ID = "us-east-1#demo-client-id"
@@ -232,7 +233,7 @@ def _events(path: Path) -> Iterable[tuple[float, str]]:
             continue
         try:
             record = json.loads(line)
-            stamp = datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
+            stamp = parse_timestamp(record["timestamp"], naive_is_utc=True).timestamp()
         except (ValueError, KeyError, TypeError):
             continue
         yield stamp, str(record.get("event", ""))

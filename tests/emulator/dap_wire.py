@@ -21,6 +21,7 @@ from typing import Any
 import requests
 
 from airflow_provider_instructure.emulator.config import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET
+from airflow_provider_instructure.timestamps import parse_timestamp
 
 TERMINAL = ("complete", "failed")
 
@@ -182,7 +183,7 @@ _TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z$")
 def parse_ts(text: str) -> datetime:
     """An RFC 3339 UTC timestamp with ``Z``, as every DAP format spells it."""
     assert _TS.match(text), f"not an RFC 3339 UTC timestamp with Z: {text!r}"
-    return datetime.fromisoformat(text[:-1]).replace(tzinfo=timezone.utc)
+    return parse_timestamp(text)  # 3.10's fromisoformat reads neither "Z" nor 1-digit fractions
 
 
 def from_text(kind: str, text: str) -> Any:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-from datetime import datetime, timezone
+from datetime import timezone
 from pathlib import Path
 
 import pytest
 
 from airflow_provider_instructure.emulator.server import EmulatorServer
 from airflow_provider_instructure.replication import STATE_TABLE, TableReplicator
+from airflow_provider_instructure.timestamps import parse_timestamp
 from tests.conftest import REPO, unavailable
 from tests.operators.test_cd2_sync import server, sync, warehouse  # noqa: F401 - fixtures
 from tests.replication.conftest import MY, PG, Database, my_server, pg_server  # noqa: F401 - fixtures
@@ -100,7 +101,7 @@ def test_a_dap_meta_database_continues_with_an_incremental(server: EmulatorServe
         assert asked.since == recorded.replace(tzinfo=timezone.utc), (round_, asked)
         # dap_meta carries the new watermark (0.3.x's syncdb, or dap 2.x's upgrade, can go on)
         ((source, recorded, version),) = dap_meta(db)
-        until = datetime.fromisoformat(result["watermark"]).replace(tzinfo=None)
+        until = parse_timestamp(result["watermark"]).replace(tzinfo=None)
         if db.dialect == "mysql":  # 0.3.x's DATETIME keeps whole seconds: truncated, never rounded up
             until = until.replace(microsecond=0)
         assert source == "accounts" and recorded == until
@@ -110,7 +111,7 @@ def test_a_dap_meta_database_continues_with_an_incremental(server: EmulatorServe
         assert state is not None and state.origin == "dap_meta"
         schema = server.emulator.dataset.table("canvas", "accounts").versioned_schema
         actual = replica_table(db.connect(), db.dialect, db.qualified(rep.target), schema)
-        expected = expected_table(server, "canvas", "accounts", datetime.fromisoformat(result["watermark"]), schema)
+        expected = expected_table(server, "canvas", "accounts", parse_timestamp(result["watermark"]), schema)
         if db.dialect == "mysql":
             # dap's MySQL tables keep timestamps in whole seconds (DATETIME): compare the keys there,
             # every value on PostgreSQL.

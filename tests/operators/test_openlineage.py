@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from airflow_provider_instructure.dap_schema import parse_table_schema
 from airflow_provider_instructure.emulator import Emulator, EmulatorConfig
 from airflow_provider_instructure.emulator.server import EmulatorServer
 from airflow_provider_instructure.operators.lineage import dap_namespace, file_naming, sql_table_naming
+from airflow_provider_instructure.timestamps import parse_timestamp
 from tests.conftest import REPO, unavailable
 from tests.operators.lineage_asserts import (
     assert_download_lineage,
@@ -167,8 +167,8 @@ def test_dag_emits_lineage_of_every_operator(
     )
     assert incremental["run"]["runId"] != sync_event["run"]["runId"]
     (source,) = incremental["inputs"]
-    version = datetime.fromisoformat(source["facets"]["version"]["datasetVersion"].replace("Z", "+00:00"))
-    assert version == datetime.fromisoformat(summary["watermark"])  # DAP's "Z" spelling, the sync's "+00:00"
+    version = parse_timestamp(source["facets"]["version"]["datasetVersion"])
+    assert version == parse_timestamp(summary["watermark"])  # DAP's "Z" spelling, the sync's "+00:00"
     assert server.client_secret not in json.dumps(events)
 
 

@@ -23,6 +23,7 @@ from airflow_provider_instructure.dap_schema import Column, TableSchema, parse_t
 from airflow_provider_instructure.emulator.dataset import SchemaRevision
 from airflow_provider_instructure.emulator.jobs import utc_parse
 from airflow_provider_instructure.emulator.server import EmulatorServer
+from airflow_provider_instructure.timestamps import parse_timestamp
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def normalize(column: Column, value: Any) -> Any:
     kind = column.type.kind
     if kind == "timestamp":
         if isinstance(value, str):
-            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            value = parse_timestamp(value, naive_is_utc=True)  # MySQL/dap naive text holds UTC
         if value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)  # MySQL DATETIME and dap's naive columns hold UTC
         return value.astimezone(timezone.utc)
