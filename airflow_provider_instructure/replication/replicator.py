@@ -62,6 +62,7 @@ from airflow_provider_instructure.replication.state_table import ensure_state_ta
 from airflow_provider_instructure.replication.tsv import Part
 from airflow_provider_instructure.replication.types import mysql_column_types, sql_type
 from airflow_provider_instructure.replication.windows import check_incremental_window, check_snapshot_at
+from airflow_provider_instructure.timestamps import parse_timestamp
 
 #: Tables whose results may repeat a key (upstream at-least-once delivery), as dap knows them.
 DUPLICATE_KEY_TABLES = frozenset({("canvas_logs", "web_logs")})
@@ -69,7 +70,9 @@ DUPLICATE_KEY_TABLES = frozenset({("canvas_logs", "web_logs")})
 
 def _aware(value: datetime | str, name: str) -> datetime:
     if isinstance(value, str):
-        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        # Not fromisoformat: Python 3.10's rejects DAP's "Z" and short fractions. A string
+        # without a zone is refused there (ValueError), like a naive datetime below.
+        value = parse_timestamp(value)
     if value.tzinfo is None:
         raise ValueError(f"{name} must be timezone-aware (DAP timestamps are UTC), got {value!r}")
     return value.astimezone(timezone.utc)
@@ -236,19 +239,7 @@ class TableReplicator:
             with self._d.transaction(read_only=True) as cur:
                 live_exists = self._d.table_kind(cur, self.target.schema, self.target.table) == "table"
 
-        def write_state(cur: Any, pending_swap: str | None = None) -> None:
-            self._store.write(
-                cur,
-                self.target,
-                previous=previous,
-                watermark=at,
-                versioned_schema=versioned_schema,
-                mode="snapshot",
-                job_id=job_id,
-                pending_swap=pending_swap,
-                name_map=self._name_map(names),
-            )
-
+        write_state = self._state_writer(previous, at, versioned_schema, "snapshot", job_id, names)
         job = LoadJob(
             target=self.target,
             schema=schema,
@@ -351,18 +342,7 @@ class TableReplicator:
             with self._d.transaction(read_only=True) as cur:
                 live = self._d.live_columns(cur, t)
 
-        def write_state(cur: Any, pending_swap: str | None = None) -> None:
-            self._store.write(
-                cur,
-                t,
-                previous=state,
-                watermark=until,
-                versioned_schema=versioned_schema,
-                mode="incremental",
-                job_id=job_id,
-                name_map=self._name_map(names),
-            )
-
+        write_state = self._state_writer(state, until, versioned_schema, "incremental", job_id, names)
         job = LoadJob(
             target=t,
             schema=schema,
@@ -408,6 +388,33 @@ class TableReplicator:
                 shortened(names),
             )
         return mapped_schema(schema, names), names
+
+    def _state_writer(
+        self,
+        previous: SyncState | None,
+        watermark: datetime,
+        versioned_schema: dict[str, Any],
+        mode: str,
+        job_id: str | None,
+        names: dict[str, str],
+    ) -> Callable[..., None]:
+        """The :attr:`LoadJob.write_state` of a sync: writes the state row with the cursor of
+        the data transaction (and ``pending_swap`` when a dialect defers its swap)."""
+
+        def write_state(cur: Any, pending_swap: str | None = None) -> None:
+            self._store.write(
+                cur,
+                self.target,
+                previous=previous,
+                watermark=watermark,
+                versioned_schema=versioned_schema,
+                mode=mode,
+                job_id=job_id,
+                pending_swap=pending_swap,
+                name_map=self._name_map(names),
+            )
+
+        return write_state
 
     def _name_map(self, names: dict[str, str]) -> dict[str, dict[str, str]]:
         t = self.target

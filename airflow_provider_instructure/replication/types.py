@@ -53,58 +53,63 @@ MYSQL_MAX_VARCHAR = 16383
 #: InnoDB's row-size limit applies to the sum of VARCHAR widths; stay safely below it.
 MYSQL_ROW_BUDGET = 60000
 
-_PG_INT = {16: "smallint", 32: "integer", 64: "bigint"}
-_MY_INT = {16: "SMALLINT", 32: "INT", 64: "BIGINT"}
+#: Per dialect: integer types by width, the decimal type, and the types that depend on the
+#: kind alone. What is left (strings, enums) is decided per dialect below.
+_INTEGER = {
+    "postgres": {16: "smallint", 32: "integer", 64: "bigint"},
+    "mysql": {16: "SMALLINT", 32: "INT", 64: "BIGINT"},
+}
+_DECIMAL = {"postgres": "numeric({p},{s})", "mysql": "DECIMAL({p},{s})"}
+_BY_KIND = {
+    "postgres": {
+        "float": "double precision",
+        "boolean": "boolean",
+        "timestamp": "timestamp with time zone",
+        "date": "date",
+        "time": "time",
+        "uuid": "uuid",
+        "ip": "inet",
+        "json": "jsonb",
+    },
+    "mysql": {
+        "float": "DOUBLE",
+        "boolean": "BOOLEAN",
+        "timestamp": "DATETIME(6)",
+        "date": "DATE",
+        "time": "TIME(6)",
+        "uuid": "CHAR(36)",
+        "ip": "VARCHAR(45)",
+        "json": "JSON",
+    },
+}
+
+
+def _common_type(typ: ColumnType, dialect: str) -> str | None:
+    """The type of ``typ`` on ``dialect`` when the table above decides it, else None."""
+    if typ.kind == "integer":
+        widths = _INTEGER[dialect]
+        return widths.get(typ.bits, widths[64])
+    if typ.kind == "decimal":
+        return _DECIMAL[dialect].format(p=typ.precision, s=typ.scale)
+    return _BY_KIND[dialect].get(typ.kind)
 
 
 def postgres_type(typ: ColumnType) -> str:
     """The PostgreSQL type of a column in a table this package creates."""
-    kind = typ.kind
-    if kind == "integer":
-        return _PG_INT.get(typ.bits, "bigint")
-    if kind == "float":
-        return "double precision"
-    if kind == "decimal":
-        return f"numeric({typ.precision},{typ.scale})"
-    if kind == "boolean":
-        return "boolean"
-    if kind == "timestamp":
-        return "timestamp with time zone"
-    if kind in ("date", "time", "uuid"):
-        return kind
-    if kind == "ip":
-        return "inet"
-    if kind == "json":
-        return "jsonb"
-    if kind == "string" and typ.max_length and not typ.oversized:
+    common = _common_type(typ, "postgres")
+    if common is not None:
+        return common
+    if typ.kind == "string" and typ.max_length and not typ.oversized:
         return f"varchar({typ.max_length})"
     return "text"  # enums, unbounded and oversized strings
 
 
 def mysql_type(typ: ColumnType, *, is_key: bool = False) -> str:
     """The MySQL/MariaDB type of a column in a table this package creates."""
-    kind = typ.kind
-    if kind == "integer":
-        return _MY_INT.get(typ.bits, "BIGINT")
-    if kind == "float":
-        return "DOUBLE"
-    if kind == "decimal":
-        return f"DECIMAL({typ.precision},{typ.scale})"
-    if kind == "boolean":
-        return "BOOLEAN"
-    if kind == "timestamp":
-        return "DATETIME(6)"
-    if kind == "date":
-        return "DATE"
-    if kind == "time":
-        return "TIME(6)"
-    if kind == "uuid":
-        return "CHAR(36)"
-    if kind == "ip":
-        return "VARCHAR(45)"
-    if kind == "json":
-        return "JSON"
-    if kind == "enum":
+    common = _common_type(typ, "mysql")
+    if common is not None:
+        return common
+    if typ.kind == "enum":
         longest = max((len(str(v)) for v in typ.values), default=0)
         return "VARCHAR(255)" if longest <= 255 else "LONGTEXT"
     if typ.max_length and not typ.oversized and typ.max_length <= MYSQL_MAX_VARCHAR:
@@ -165,3 +170,23 @@ def dap_cli_type(column: Column, dialect: str) -> str:
     if column.type.kind == "timestamp":
         return "timestamp without time zone" if dialect == "postgres" else "DATETIME(6)"
     return sql_type(column, dialect)
+
+
+#: The state table's columns (:mod:`.state`) by role, as DAP types: each dialect types them
+#: with the same mapping as the data (``key``: ``varchar(255)`` / ``VARCHAR(255)`` / ``TEXT``...).
+STATE_ROLES: dict[str, ColumnType] = {
+    "key": ColumnType("string", max_length=255),
+    "name": ColumnType("string", max_length=64),
+    "short": ColumnType("string", max_length=16),
+    "ts": ColumnType("timestamp"),
+    "int": ColumnType("integer", bits=32),
+    "long_text": ColumnType("string"),
+}
+
+
+def state_column_types(dialect: str) -> dict[str, str]:
+    """The SQL type of each state-table role (:data:`STATE_ROLES`) on ``dialect``.
+
+    :raises ValueError: an unknown dialect.
+    """
+    return {role: sql_type(Column(role, "value", typ, True), dialect) for role, typ in STATE_ROLES.items()}

@@ -1,210 +1,49 @@
-"""What every target dialect provides, and the small value types they share.
+"""What every target dialect provides.
 
 A dialect wraps one DB-API connection and knows how to quote names, run a transaction,
 introspect a table, create and bulk-load tables, merge a staged incremental, and swap a
 freshly loaded snapshot in. :class:`~..replicator.TableReplicator` decides *what* to do;
 the dialect decides *how* on its database.
+
+What is the same everywhere lives here, with the per-dialect differences as class data:
+driver detection (:attr:`Dialect.drivers`), ``CREATE TABLE`` (:attr:`Dialect.value_null`,
+:attr:`Dialect.table_options`, :attr:`Dialect.primary_key_suffix`), the upsert
+(:attr:`Dialect.upsert_conflict`, :attr:`Dialect.upsert_assign`) and the state table's types
+(:func:`~..types.state_column_types`). The value types they pass around are in
+:mod:`.load_job` (re-exported here).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, suppress
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 from airflow_provider_instructure.dap_schema import Column, TableSchema
+from airflow_provider_instructure.replication.dialects.load_job import (
+    NEW_SUFFIX,
+    OLD_SUFFIX,
+    LiveColumn,
+    LoadCounts,
+    LoadJob,
+    PhaseTimer,
+    Target,
+)
 from airflow_provider_instructure.replication.errors import (
     ConcurrentReplicationError,
     ReplicationConfigError,
-    ReplicationError,
+    TsvFormatError,
 )
 from airflow_provider_instructure.replication.identifiers import shorten, utf8_length
 from airflow_provider_instructure.replication.schema_changes import SchemaChange
-from airflow_provider_instructure.replication.tsv import Part
-from airflow_provider_instructure.replication.values import (
-    ChunkFixer,
-    FieldFixer,
-    TimestampRange,
-    ValueTally,
-    role_of,
-)
-
-#: Suffixes of the side tables a snapshot is built in / the live table is moved to.
-#: ``<table>__dap_new`` and ``<table>__dap_old`` are reserved names.
-NEW_SUFFIX = "__dap_new"
-OLD_SUFFIX = "__dap_old"
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where a DAP table is replicated to.
-
-    :param schema: PostgreSQL schema, MySQL database or SQLite database alias.
-    :param table: table name.
-    :param namespace: source DAP namespace.
-    :param source_table: source DAP table.
-    :param requested: the table name before shortening (:mod:`~..identifiers`), if known.
-    """
-
-    schema: str
-    table: str
-    namespace: str
-    source_table: str
-    requested: str | None = None
-
-    @property
-    def shortened(self) -> bool:
-        """The table name was shortened to fit the identifier limit (``requested`` is the full one)."""
-        return self.requested is not None and self.requested != self.table
-
-    @property
-    def display(self) -> str:
-        return f"{self.schema}.{self.table}"
-
-
-@dataclass(frozen=True)
-class LiveColumn:
-    """A column of an existing table, as the catalog describes it.
-
-    :param name: column name.
-    :param sql_type: the type as the catalog spells it (usable in DDL and casts).
-    :param nullable: ``NOT NULL`` or not.
-    :param array_of: PostgreSQL only: element type of an array column (``dap initdb`` stores
-        enum arrays natively; the TSV cell is JSON and needs a conversion).
-    :param enum_type: PostgreSQL only: the native enum type of the column (or of its elements).
-    :param enum_values: members of a native enum (PostgreSQL enum or MySQL ``ENUM``).
-    """
-
-    name: str
-    sql_type: str
-    nullable: bool
-    array_of: str | None = None
-    enum_type: str | None = None
-    enum_values: tuple[str, ...] = ()
-
-
-class PhaseTimer:
-    """Wall-clock seconds per phase (``prepare``, ``load``, ``merge``, ``swap``, ``commit``...)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-
-
-@dataclass
-class LoadCounts:
-    """What a load did: rows by outcome, uncompressed bytes sent to the database, and what
-    the bad-value policy did (:class:`~..values.ValueTally`)."""
-
-    inserted: int = 0
-    updated: int = 0
-    deleted: int = 0
-    bytes_loaded: int = 0
-    values: ValueTally = field(default_factory=ValueTally)
-
-
-@dataclass
-class LoadJob:
-    """Everything a dialect needs to load one job's parts.
-
-    :param target: where to load.
-    :param schema: the incoming schema.
-    :param parts: the result parts, sorted, headers already validated.
-    :param dedupe: the source may repeat a key within one result (``canvas_logs.web_logs``):
-        the last occurrence wins.
-    :param write_state: writes the state row; called with a cursor inside the data transaction
-        (and ``pending_swap=<side table>`` by dialects with a deferred swap).
-    :param timer: accumulates seconds per phase.
-    :param column_types: snapshot only: SQL type of every column of the new table.
-    :param live: incremental only: the target's current columns.
-    :param replace_live: snapshot only: a live table exists and is swapped out.
-    :param tally: what the bad-value policy did, filled while loading.
-    """
-
-    target: Target
-    schema: TableSchema
-    parts: list[Part]
-    dedupe: bool
-    write_state: Callable[..., None]
-    timer: PhaseTimer
-    column_types: dict[str, str] = field(default_factory=dict)
-    live: dict[str, LiveColumn] = field(default_factory=dict)
-    replace_live: bool = False
-    tally: ValueTally = field(default_factory=ValueTally)
-
-    @property
-    def key_names(self) -> list[str]:
-        return [c.name for c in self.schema.key_columns]
-
-    @property
-    def where(self) -> str:
-        """``namespace.table -> target``, for messages."""
-        return f"{self.target.namespace}.{self.target.source_table} -> {self.target.display}"
-
-    def roles(self, part: Part) -> list[str | None]:
-        """The bad-value role (:func:`~..values.role_of`) of every header field of ``part``."""
-        out: list[str | None] = []
-        for f in part.fields:
-            if f.column is None:
-                out.append(None)
-                continue
-            live = self.live.get(f.name)
-            out.append(role_of(f.column, native_array=bool(live is not None and live.array_of)))
-        return out
-
-    def field_fixer(
-        self, part: Part, timestamps: TimestampRange, *, null: str | None, tally: ValueTally | None = None
-    ) -> FieldFixer:
-        """The bad-value policy for the records of ``part`` on a target with ``timestamps``."""
-        return FieldFixer(
-            where=self.where,
-            part=part.path.name,
-            names=[None if f.is_meta else f.name for f in part.fields],
-            roles=self.roles(part),
-            keys=[i for i, f in enumerate(part.fields) if f.column is not None and f.column.is_key],
-            action=next((i for i, f in enumerate(part.fields) if f.label == "meta.action"), None),
-            timestamps=timestamps,
-            tally=self.tally if tally is None else tally,
-            null=null,
-        )
-
-    def chunk_fixer(self, part: Part, timestamps: TimestampRange, *, tally: ValueTally | None = None) -> ChunkFixer:
-        """The bad-value policy for blocks of ``part``'s COPY text (``\\N`` is NULL)."""
-        return ChunkFixer(self.field_fixer(part, timestamps, null="\\N", tally=tally), self.roles(part))
-
-    def incoming_fields(self) -> dict[str, bool]:
-        """Incremental only: every column the parts carry (meta included), in first-seen order,
-        mapped to whether it is a ``meta.*`` field.
-
-        :raises ReplicationError: a data column the live table lacks (its schema change was not applied).
-        """
-        fields: dict[str, bool] = {}
-        for part in self.parts:
-            for f in part.fields:
-                fields.setdefault(f.name, f.is_meta)
-        missing = [name for name, meta in fields.items() if not meta and name not in self.live]
-        if missing:
-            raise ReplicationError(
-                f"{self.target.display} lacks column(s) {missing} the data carries; apply the schema change first"
-            )
-        return fields
-
-    def data_columns(self) -> list[str]:
-        """Incremental only: the key and value columns the parts carry (see :meth:`incoming_fields`)."""
-        return [name for name, meta in self.incoming_fields().items() if not meta]
+from airflow_provider_instructure.replication.tsv import META_ACTION
+from airflow_provider_instructure.replication.types import state_column_types
+from airflow_provider_instructure.replication.values import TimestampRange
+from airflow_provider_instructure.timestamps import parse_timestamp
 
 
 class Dialect(ABC):
@@ -215,13 +54,28 @@ class Dialect(ABC):
     """
 
     name: ClassVar[str]
+    #: The database as people write it, for messages (``PostgreSQL``).
+    title: ClassVar[str]
+    #: The DB-API drivers this dialect accepts: ``(module, driver)``; a connection whose class
+    #: (or a base class) is defined in ``module`` or below it is served by ``driver``.
+    drivers: ClassVar[tuple[tuple[str, str], ...]]
+    #: What connection to pass, for the error naming a connection of another driver.
+    connection_hint: ClassVar[str]
     #: DB-API placeholder.
     param: ClassVar[str] = "%s"
     #: Longest identifier the database accepts (``None``: no limit), measured by
     #: :meth:`identifier_length`.
     max_identifier: ClassVar[int | None] = 63
-    #: Column types of the state table by role: ``key``, ``name``, ``short``, ``ts``, ``int``, ``long_text``.
-    state_types: ClassVar[dict[str, str]]
+    #: ``CREATE TABLE``: appended to a value column's type (MySQL spells ``NULL`` out, as
+    #: ``dap initdb`` does), to the column list (MySQL: engine and character set), and the
+    #: suffix of a named primary-key constraint (PostgreSQL: ``<table>_pkey`` for every table,
+    #: so a side table's constraint is renamed with it; ``None``: an unnamed ``PRIMARY KEY``).
+    value_null: ClassVar[str] = ""
+    table_options: ClassVar[str] = ""
+    primary_key_suffix: ClassVar[str | None] = None
+    #: The upsert of :meth:`upsert_sql`: the conflict clause and one column's assignment.
+    upsert_conflict: ClassVar[str] = "ON CONFLICT ({keys}) DO UPDATE SET"
+    upsert_assign: ClassVar[str] = "{c} = EXCLUDED.{c}"
     #: The snapshot commits its state with ``pending_swap`` set and the table is renamed in
     #: afterwards by :meth:`swap_in` (databases whose DDL cannot join a transaction).
     deferred_swap: ClassVar[bool] = False
@@ -231,6 +85,25 @@ class Dialect(ABC):
     def __init__(self, connection: Any, log: logging.Logger) -> None:
         self.conn = connection
         self.log = log
+        #: The driver serving ``connection`` (:attr:`drivers`), None for one this dialect cannot use.
+        self.driver: str | None = self.driver_of(connection)
+
+    @classmethod
+    def driver_of(cls, connection: Any) -> str | None:
+        """The name of the driver in :attr:`drivers` whose module defines ``connection``'s class
+        or one of its bases (a subclass of ``sqlite3.Connection`` is a sqlite3 connection), else None."""
+        for klass in type(connection).__mro__:
+            module = klass.__module__ or ""
+            for prefix, driver in cls.drivers:
+                if module == prefix or module.startswith(prefix + "."):
+                    return driver
+        return None
+
+    @property
+    def state_types(self) -> dict[str, str]:
+        """Column types of the state table by role (``key``, ``name``, ``short``, ``ts``, ``int``,
+        ``long_text``): :func:`~..types.state_column_types`."""
+        return state_column_types(self.name)
 
     # -- identifiers ----------------------------------------------------------------------
 
@@ -387,9 +260,24 @@ class Dialect(ABC):
 
     # -- checks ---------------------------------------------------------------------------
 
-    @abstractmethod
     def check_connection(self) -> None:
-        """The connection belongs to this dialect's driver and is idle."""
+        """The connection belongs to one of this dialect's :attr:`drivers`, is open and is idle.
+
+        :raises ReplicationConfigError: naming what to pass instead, or that it is closed or busy.
+        """
+        if self.driver is None:
+            kind = f"{type(self.conn).__module__}.{type(self.conn).__name__}"
+            raise ReplicationConfigError(
+                f"dialect {self.name!r} needs {self.connection_hint}, got {kind}; pass the dialect that matches "
+                "the connection"
+            )
+        if self.is_closed():
+            raise ReplicationConfigError(f"the {self.title} connection is closed")
+        self.require_idle()
+
+    def is_closed(self) -> bool:
+        """Whether the connection is known to be closed (False where the driver cannot tell)."""
+        return False
 
     @abstractmethod
     def check_target(self, cur: Any, target: Target, *, table_exists: bool, dap_origin: bool) -> None:
@@ -402,15 +290,23 @@ class Dialect(ABC):
         return value.astimezone(timezone.utc)
 
     def from_db_timestamp(self, value: Any) -> datetime:
-        if isinstance(value, str):
-            value = datetime.fromisoformat(value)
+        if isinstance(value, str):  # SQLite's ISO text; naive text is UTC, as naive values are
+            value = parse_timestamp(value, naive_is_utc=True)
         if value.tzinfo is None:
             return value.replace(tzinfo=timezone.utc)
         return value.astimezone(timezone.utc)
 
-    @abstractmethod
     def upsert_sql(self, table_sql: str, columns: list[str], keys: list[str]) -> str:
-        """``INSERT ... VALUES (params)`` that updates the non-key columns on a key conflict."""
+        """``INSERT ... VALUES (params)`` that updates the non-key columns on a key conflict
+        (:attr:`upsert_conflict`, :attr:`upsert_assign`).
+
+        :param table_sql: the quoted table; ``columns`` and ``keys``: quoted column names.
+        """
+        updates = ", ".join(self.upsert_assign.format(c=c) for c in columns if c not in keys)
+        return (
+            f"INSERT INTO {table_sql} ({', '.join(columns)}) VALUES ({', '.join([self.param] * len(columns))}) "
+            f"{self.upsert_conflict.format(keys=', '.join(keys))} {updates}"
+        )
 
     def dap_sync_table(self, target: Target) -> tuple[str | None, str] | None:
         """Where the official ``dap`` CLI keeps its ``table_sync`` state, if this dialect has one."""
@@ -429,7 +325,6 @@ class Dialect(ABC):
     def ensure_schema(self, cur: Any, target: Target) -> None:  # noqa: B027 - optional hook
         """Create the target schema if the database has schemas and it is missing."""
 
-    @abstractmethod
     def create_table_sql(
         self,
         target: Target,
@@ -438,7 +333,24 @@ class Dialect(ABC):
         types: dict[str, str],
         *,
         primary_key: bool = True,
-    ) -> str: ...
+    ) -> str:
+        """``CREATE TABLE`` for ``table`` in the target's schema: key columns ``NOT NULL``, value
+        columns nullable (:mod:`~..types` says why), the primary key on the key columns.
+
+        :param types: the SQL type of every column, by name.
+        :param primary_key: False to add it after the bulk load (PostgreSQL snapshots).
+        """
+        defs = [f"{self.quote(c.name)} {types[c.name]}{' NOT NULL' if c.is_key else self.value_null}" for c in columns]
+        if primary_key:
+            defs.append(self.primary_key_sql(table, [c.name for c in columns if c.is_key]))
+        return f"CREATE TABLE {self.qualify(target.schema, table)} ({', '.join(defs)}){self.table_options}"
+
+    def primary_key_sql(self, table: str, keys: list[str]) -> str:
+        """The primary-key clause of ``table`` (named after :attr:`primary_key_suffix` if set)."""
+        clause = f"PRIMARY KEY ({', '.join(self.quote(k) for k in keys)})"
+        if self.primary_key_suffix is None:
+            return clause
+        return f"CONSTRAINT {self.quote(self.side_name(table, self.primary_key_suffix))} {clause}"
 
     @abstractmethod
     def apply_schema_change(
@@ -470,3 +382,35 @@ class Dialect(ABC):
 
     def key_match(self, left: str, right: str, keys: list[str]) -> str:
         return " AND ".join(f"{left}.{self.quote(k)} = {right}.{self.quote(k)}" for k in keys)
+
+    def staged_upserts(self, cur: Any, stage: str, live_sql: str, keys: list[str]) -> tuple[int, int]:
+        """Check the staged incremental's ``meta.action`` values and count its upserts:
+        ``(U rows, U rows whose key the live table holds)`` (so inserts and updates are told
+        apart before the merge changes the table).
+
+        :param stage: the quoted staging table; ``live_sql``: the quoted live table.
+        :raises TsvFormatError: a record whose action is not ``U`` or ``D``.
+        """
+        action = self.quote(META_ACTION)
+        bad = self.fetch_one(cur, f"SELECT COUNT(*) FROM {stage} WHERE {action} IS NULL OR {action} NOT IN ('U', 'D')")
+        if bad and bad[0]:
+            raise TsvFormatError(f"{bad[0]} record(s) have a meta.action other than U or D")
+        upserts = self.fetch_one(cur, f"SELECT COUNT(*) FROM {stage} WHERE {action} = 'U'")
+        present = self.fetch_one(
+            cur,
+            f"SELECT COUNT(*) FROM {stage} s JOIN {live_sql} t ON {self.key_match('t', 's', keys)} "
+            f"WHERE s.{action} = 'U'",
+        )
+        return (int(upserts[0]) if upserts else 0), (int(present[0]) if present else 0)
+
+
+__all__ = [
+    "NEW_SUFFIX",
+    "OLD_SUFFIX",
+    "Dialect",
+    "LiveColumn",
+    "LoadCounts",
+    "LoadJob",
+    "PhaseTimer",
+    "Target",
+]

@@ -45,13 +45,12 @@ Atomicity. MySQL commits implicitly around DDL, so DDL stays outside the data tr
 from __future__ import annotations
 
 import contextlib
-import logging
 import re
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
-from airflow_provider_instructure.dap_schema import Column, TableSchema
+from airflow_provider_instructure.dap_schema import TableSchema
 from airflow_provider_instructure.replication.dialects.base import (
     LiveColumn,
     Target,
@@ -76,29 +75,16 @@ class MySQLDialect(MySQLLoader):
     """MySQL 8 and MariaDB through mysql-connector-python or PyMySQL."""
 
     name = "mysql"
+    title = "MySQL"
+    drivers = (("mysql.connector", "mysql-connector"), ("pymysql", "pymysql"), ("MySQLdb", "mysqlclient"))
+    connection_hint = "a mysql-connector-python or PyMySQL connection (MySqlHook(...).get_conn())"
     max_identifier = 64  # characters, not bytes
     timestamps = MYSQL_RANGE
     deferred_swap = True
-    state_types = {
-        "key": "VARCHAR(255)",
-        "name": "VARCHAR(64)",
-        "short": "VARCHAR(16)",
-        "ts": "DATETIME(6)",
-        "int": "INT",
-        "long_text": "LONGTEXT",
-    }
-
-    def __init__(self, connection: Any, log: logging.Logger) -> None:
-        super().__init__(connection, log)
-        module = type(connection).__module__
-        if module.startswith("mysql.connector"):
-            self.driver: str | None = "mysql-connector"
-        elif module.startswith("pymysql"):
-            self.driver = "pymysql"
-        elif module.startswith("MySQLdb"):
-            self.driver = "mysqlclient"
-        else:
-            self.driver = None
+    value_null = " NULL"
+    table_options = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+    upsert_conflict = "ON DUPLICATE KEY UPDATE"
+    upsert_assign = "{c} = VALUES({c})"
 
     # -- identifiers and connection -------------------------------------------------------
 
@@ -114,16 +100,8 @@ class MySQLDialect(MySQLLoader):
             return self.conn.cursor(buffered=True)
         return self.conn.cursor()
 
-    def check_connection(self) -> None:
-        if self.driver is None:
-            kind = f"{type(self.conn).__module__}.{type(self.conn).__name__}"
-            raise ReplicationConfigError(
-                f"dialect 'mysql' needs a mysql-connector-python or PyMySQL connection (MySqlHook(...).get_conn()), "
-                f"got {kind}; pass the dialect that matches the connection"
-            )
-        if self.driver == "mysql-connector" and not self.conn.is_connected():
-            raise ReplicationConfigError("the MySQL connection is closed")
-        self.require_idle()
+    def is_closed(self) -> bool:
+        return self.driver == "mysql-connector" and not self.conn.is_connected()
 
     def in_transaction(self) -> bool:
         if self.driver == "mysql-connector":
@@ -274,13 +252,6 @@ class MySQLDialect(MySQLLoader):
     def to_db_timestamp(self, value: datetime) -> Any:
         return value.astimezone(timezone.utc).replace(tzinfo=None)
 
-    def upsert_sql(self, table_sql: str, columns: list[str], keys: list[str]) -> str:
-        updates = ", ".join(f"{c} = VALUES({c})" for c in columns if c not in keys)
-        return (
-            f"INSERT INTO {table_sql} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))}) "
-            f"ON DUPLICATE KEY UPDATE {updates}"
-        )
-
     def dap_sync_table(self, target: Target) -> tuple[str | None, str] | None:
         return (target.schema, "instructure_dap__table_sync")
 
@@ -303,21 +274,6 @@ class MySQLDialect(MySQLLoader):
         return naive.replace(microsecond=naive.microsecond - naive.microsecond % step)
 
     # -- DDL ------------------------------------------------------------------------------
-
-    def create_table_sql(
-        self,
-        target: Target,
-        table: str,
-        columns: tuple[Column, ...],
-        types: dict[str, str],
-        *,
-        primary_key: bool = True,
-    ) -> str:
-        defs = [f"{self.quote(c.name)} {types[c.name]}{' NOT NULL' if c.is_key else ' NULL'}" for c in columns]
-        if primary_key:
-            defs.append(f"PRIMARY KEY ({', '.join(self.quote(c.name) for c in columns if c.is_key)})")
-        table_sql = self.qualify(target.schema, table)
-        return f"CREATE TABLE {table_sql} ({', '.join(defs)}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
 
     def apply_schema_change(
         self,

@@ -41,7 +41,7 @@ from airflow_provider_instructure.replication.dialects.base import (
     LoadJob,
     Target,
 )
-from airflow_provider_instructure.replication.errors import DataLoadError, ReplicationConfigError, TsvFormatError
+from airflow_provider_instructure.replication.errors import DataLoadError, ReplicationConfigError
 from airflow_provider_instructure.replication.locate import at_line, first_match, invalid_json
 from airflow_provider_instructure.replication.tsv import (
     META_ACTION,
@@ -374,16 +374,7 @@ class MySQLLoader(Dialect):
                     for part in job.parts:
                         counts.bytes_loaded += self._load_part(cur, stage, part, job, staging=True)
                 with job.timer.phase("merge"):
-                    bad = self.fetch_one(
-                        cur, f"SELECT COUNT(*) FROM {stage} WHERE {action} IS NULL OR {action} NOT IN ('U', 'D')"
-                    )
-                    if bad and bad[0]:
-                        raise TsvFormatError(f"{bad[0]} record(s) have a meta.action other than U or D")
-                    upserts = self.fetch_one(cur, f"SELECT COUNT(*) FROM {stage} WHERE {action} = 'U'")
-                    present = self.fetch_one(
-                        cur,
-                        f"SELECT COUNT(*) FROM {stage} s JOIN {live_sql} t ON {match} WHERE s.{action} = 'U'",
-                    )
+                    upserts, present = self.staged_upserts(cur, stage, live_sql, keys)
                     cur.execute(f"DELETE t FROM {live_sql} t JOIN {stage} s ON {match} WHERE s.{action} = 'D'")
                     counts.deleted = cur.rowcount
                     cols = ", ".join(q(c) for c in data_cols)
@@ -393,8 +384,8 @@ class MySQLLoader(Dialect):
                         f"INSERT INTO {live_sql} ({cols}) SELECT {cols} FROM {stage} WHERE {action} = 'U' "
                         f"ON DUPLICATE KEY UPDATE {updates}"
                     )
-                    counts.updated = int(present[0]) if present else 0
-                    counts.inserted = (int(upserts[0]) if upserts else 0) - counts.updated
+                    counts.updated = present
+                    counts.inserted = upserts - present
                     job.write_state(cur)
         finally:
             # The session may be gone (and its temporary table with it).

@@ -34,12 +34,11 @@ input), ``jsonb``, ``inet`` and enum arrays (the JSON cell is converted with
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from airflow_provider_instructure.dap_schema import Column, TableSchema
+from airflow_provider_instructure.dap_schema import TableSchema
 from airflow_provider_instructure.replication.dialects.base import LiveColumn, Target
 from airflow_provider_instructure.replication.dialects.postgres_load import STAGE, PostgresLoader
 from airflow_provider_instructure.replication.errors import ReplicationConfigError
@@ -59,39 +58,17 @@ class PostgresDialect(PostgresLoader):
     """PostgreSQL 12+ through psycopg (3) or psycopg2."""
 
     name = "postgres"
+    title = "PostgreSQL"
+    drivers = (("psycopg2", "psycopg2"), ("psycopg", "psycopg"))
+    connection_hint = "a psycopg or psycopg2 connection (PostgresHook(...).get_conn())"
     max_identifier = 63
     timestamps = POSTGRES_RANGE
-    state_types = {
-        "key": "varchar(255)",
-        "name": "varchar(64)",
-        "short": "varchar(16)",
-        "ts": "timestamp with time zone",
-        "int": "integer",
-        "long_text": "text",
-    }
-
-    def __init__(self, connection: Any, log: logging.Logger) -> None:
-        super().__init__(connection, log)
-        module = type(connection).__module__
-        if module.startswith("psycopg2"):
-            self.driver: str | None = "psycopg2"
-        elif module.startswith("psycopg"):
-            self.driver = "psycopg"
-        else:
-            self.driver = None
+    primary_key_suffix = "_pkey"
 
     # -- connection -----------------------------------------------------------------------
 
-    def check_connection(self) -> None:
-        if self.driver is None:
-            kind = f"{type(self.conn).__module__}.{type(self.conn).__name__}"
-            raise ReplicationConfigError(
-                f"dialect 'postgres' needs a psycopg or psycopg2 connection (PostgresHook(...).get_conn()), "
-                f"got {kind}; pass the dialect that matches the connection"
-            )
-        if self.conn.closed:
-            raise ReplicationConfigError("the PostgreSQL connection is closed")
-        self.require_idle()
+    def is_closed(self) -> bool:
+        return bool(self.conn.closed)
 
     def in_transaction(self) -> bool:
         return int(self.conn.info.transaction_status) != 0  # 0 = idle
@@ -250,13 +227,6 @@ class PostgresDialect(PostgresLoader):
 
     # -- state ----------------------------------------------------------------------------
 
-    def upsert_sql(self, table_sql: str, columns: list[str], keys: list[str]) -> str:
-        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in keys)
-        return (
-            f"INSERT INTO {table_sql} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))}) "
-            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
-        )
-
     def dap_sync_table(self, target: Target) -> tuple[str | None, str] | None:
         return ("instructure_dap", "table_sync")
 
@@ -265,21 +235,6 @@ class PostgresDialect(PostgresLoader):
     def ensure_schema(self, cur: Any, target: Target) -> None:
         if self.fetch_one(cur, "SELECT 1 FROM pg_namespace WHERE nspname = %s", (target.schema,)) is None:
             cur.execute(f"CREATE SCHEMA IF NOT EXISTS {self.quote(target.schema)}")
-
-    def create_table_sql(
-        self,
-        target: Target,
-        table: str,
-        columns: tuple[Column, ...],
-        types: dict[str, str],
-        *,
-        primary_key: bool = True,
-    ) -> str:
-        defs = [f"{self.quote(c.name)} {types[c.name]}{' NOT NULL' if c.is_key else ''}" for c in columns]
-        if primary_key:
-            keys = ", ".join(self.quote(c.name) for c in columns if c.is_key)
-            defs.append(f"CONSTRAINT {self.quote(self.side_name(table, '_pkey'))} PRIMARY KEY ({keys})")
-        return f"CREATE TABLE {self.qualify(target.schema, table)} ({', '.join(defs)})"
 
     def apply_schema_change(
         self,

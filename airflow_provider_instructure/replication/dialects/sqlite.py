@@ -15,14 +15,12 @@ state until the commit.
 
 from __future__ import annotations
 
-import logging
-import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from itertools import islice
 from typing import Any
 
-from airflow_provider_instructure.dap_schema import Column, ColumnType, TableSchema
+from airflow_provider_instructure.dap_schema import ColumnType, TableSchema
 from airflow_provider_instructure.replication.dialects.base import (
     NEW_SUFFIX,
     Dialect,
@@ -36,6 +34,7 @@ from airflow_provider_instructure.replication.schema_changes import SchemaChange
 from airflow_provider_instructure.replication.tsv import META_ACTION, Part, iter_numbered_rows
 from airflow_provider_instructure.replication.types import sql_type
 from airflow_provider_instructure.replication.values import PYTHON_RANGE
+from airflow_provider_instructure.timestamps import parse_timestamp
 
 BATCH_ROWS = 5000
 STAGE = "dap_stage"
@@ -47,10 +46,8 @@ def sqlite_timestamp(text: str) -> str:
         fraction = text[20:-1] if text[19] == "." else ""
         if fraction.isdigit() or not fraction:
             return f"{text[:19]}.{fraction[:6].ljust(6, '0')}+00:00"
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    # parse_timestamp, not fromisoformat: the same result on Python 3.10 (see its module).
+    return parse_timestamp(text, naive_is_utc=True).isoformat(timespec="microseconds")
 
 
 def _boolean(text: str) -> int:
@@ -78,29 +75,12 @@ class SQLiteDialect(Dialect):
     """SQLite 3.24+ through the standard ``sqlite3`` module."""
 
     name = "sqlite"
+    title = "SQLite"
+    drivers = (("sqlite3", "sqlite3"),)
+    connection_hint = "a sqlite3 connection (SqliteHook(...).get_conn())"
     param = "?"
     timestamps = PYTHON_RANGE
     max_identifier = None  # SQLite has no identifier length limit
-    state_types = {
-        "key": "TEXT",
-        "name": "TEXT",
-        "short": "TEXT",
-        "ts": "TEXT",
-        "int": "INTEGER",
-        "long_text": "TEXT",
-    }
-
-    def __init__(self, connection: Any, log: logging.Logger) -> None:
-        super().__init__(connection, log)
-
-    def check_connection(self) -> None:
-        if not isinstance(self.conn, sqlite3.Connection):
-            kind = f"{type(self.conn).__module__}.{type(self.conn).__name__}"
-            raise ReplicationConfigError(
-                f"dialect 'sqlite' needs a sqlite3 connection (SqliteHook(...).get_conn()), got {kind}; pass the "
-                "dialect that matches the connection"
-            )
-        self.require_idle()
 
     def in_transaction(self) -> bool:
         return bool(self.conn.in_transaction)
@@ -156,28 +136,7 @@ class SQLiteDialect(Dialect):
     def to_db_timestamp(self, value: datetime) -> Any:
         return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
-    def upsert_sql(self, table_sql: str, columns: list[str], keys: list[str]) -> str:
-        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
-        return (
-            f"INSERT INTO {table_sql} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
-            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
-        )
-
     # -- DDL ------------------------------------------------------------------------------
-
-    def create_table_sql(
-        self,
-        target: Target,
-        table: str,
-        columns: tuple[Column, ...],
-        types: dict[str, str],
-        *,
-        primary_key: bool = True,
-    ) -> str:
-        defs = [f"{self.quote(c.name)} {types[c.name]}{' NOT NULL' if c.is_key else ''}" for c in columns]
-        if primary_key:
-            defs.append(f"PRIMARY KEY ({', '.join(self.quote(c.name) for c in columns if c.is_key)})")
-        return f"CREATE TABLE {self.qualify(target.schema, table)} ({', '.join(defs)})"
 
     def apply_schema_change(
         self,
@@ -302,17 +261,7 @@ class SQLiteDialect(Dialect):
                     # INSERT OR REPLACE: a key repeated within the result keeps its last row.
                     counts.bytes_loaded += self._insert_part(cur, stage, part, job, with_action=True, replace=True)
             with job.timer.phase("merge"):
-                bad = self.fetch_one(
-                    cur, f"SELECT COUNT(*) FROM {stage} WHERE {action} IS NULL OR {action} NOT IN ('U', 'D')"
-                )
-                if bad and bad[0]:
-                    raise TsvFormatError(f"{bad[0]} record(s) have a meta.action other than U or D")
-                upserts = self.fetch_one(cur, f"SELECT COUNT(*) FROM {stage} WHERE {action} = 'U'")
-                present = self.fetch_one(
-                    cur,
-                    f"SELECT COUNT(*) FROM {stage} s JOIN {live_sql} t ON {self.key_match('t', 's', keys)} "
-                    f"WHERE s.{action} = 'U'",
-                )
+                upserts, present = self.staged_upserts(cur, stage, live_sql, keys)
                 key_list = ", ".join(q(k) for k in keys)
                 key_tuple = key_list if len(keys) == 1 else f"({key_list})"
                 cur.execute(
@@ -331,8 +280,8 @@ class SQLiteDialect(Dialect):
                     f"INSERT INTO {live_sql} ({cols}) SELECT {cols} FROM {stage} WHERE {action} = 'U' "
                     f"ON CONFLICT ({key_list}) {conflict}"
                 )
-                counts.updated = int(present[0]) if present else 0
-                counts.inserted = (int(upserts[0]) if upserts else 0) - counts.updated
+                counts.updated = present
+                counts.inserted = upserts - present
                 cur.execute(f"DROP TABLE {stage}")
                 job.write_state(cur)
         return counts
