@@ -42,6 +42,7 @@ No Airflow, no HTTP: this package works on a DB-API connection and local files.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -122,6 +123,18 @@ class TableReplicator:
     @property
     def dialect(self) -> str:
         return self._d.name
+
+    @property
+    def kind(self) -> str:
+        """The :class:`~.destination.Destination` kind: the dialect (``postgres``, ``mysql``, ``sqlite``)."""
+        return self._d.name
+
+    def close(self) -> None:
+        """Close the DB-API connection given to the constructor (the :class:`~.destination.Destination`
+        contract: the caller is done with this replica). Idempotent; errors of an already broken
+        connection are ignored."""
+        with contextlib.suppress(Exception):
+            self._d.conn.close()
 
     @property
     def target_name(self) -> str:
@@ -227,12 +240,7 @@ class TableReplicator:
         at: datetime,
         job_id: str | None,
     ) -> SyncResult:
-        timer = PhaseTimer()
-        original = parse_table_schema(versioned_schema)
-        schema, names = self._mapped(original)
-        with timer.phase("prepare"):
-            parts = self._read_parts(files, original, schema, incremental=False)
-        previous = self._recover(timer)
+        timer, _, schema, names, parts, previous = self._prepare(files, versioned_schema, incremental=False)
         check_snapshot_at(previous, at, self.target_name)
         with timer.phase("prepare"):
             self._ensure_state_table()
@@ -309,12 +317,7 @@ class TableReplicator:
         until: datetime,
         job_id: str | None,
     ) -> SyncResult:
-        timer = PhaseTimer()
-        original = parse_table_schema(versioned_schema)
-        schema, names = self._mapped(original)
-        with timer.phase("prepare"):
-            parts = self._read_parts(files, original, schema, incremental=True)
-        state = self._recover(timer)
+        timer, original, schema, names, parts, state = self._prepare(files, versioned_schema, incremental=True)
         t = self.target
         state = check_incremental_window(state, since, until, self.target_name)
         # The state row's names describe the live table: they win over the rule (the same
@@ -364,6 +367,18 @@ class TableReplicator:
         )
 
     # -- internals ------------------------------------------------------------------------
+
+    def _prepare(
+        self, files: Parts, versioned_schema: dict[str, Any], *, incremental: bool
+    ) -> tuple[PhaseTimer, TableSchema, TableSchema, dict[str, str], list[Part], SyncState | None]:
+        """What both sync kinds start with: the schema (as DAP names it and with the target's
+        names), the parts checked against it, and the state after finishing an interrupted swap."""
+        timer = PhaseTimer()
+        original = parse_table_schema(versioned_schema)
+        schema, names = self._mapped(original)
+        with timer.phase("prepare"):
+            parts = self._read_parts(files, original, schema, incremental=incremental)
+        return timer, original, schema, names, parts, self._recover(timer)
 
     def _ensure_checked(self) -> None:
         if not self._checked:
