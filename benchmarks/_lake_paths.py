@@ -173,15 +173,15 @@ def destination(spec: PathSpec) -> tuple[Any, Callable[[], None]]:
         conn = _pg(spec)
         conn.autocommit = False  # the replicator manages its own transactions
         return TableReplicator(conn, "postgres", spec.namespace, spec.table), conn.close
-    from airflow_provider_instructure.replication.lake import DeltaDestination, IcebergDestination
+    from airflow_provider_instructure.replication import lake
     from airflow_provider_instructure.replication.lake.storage import StorageLocation
 
     location = StorageLocation(spec.root, spec.s3_options if spec.on_s3 else {})
     if spec.kind == "delta":
-        dest = DeltaDestination(location, spec.namespace, spec.table)
+        dest = lake.DeltaDestination(location, spec.namespace, spec.table)
     else:
         catalog_uri = f"sqlite:///{spec.catalog_file}" if spec.on_s3 else None
-        dest = IcebergDestination(location, spec.namespace, spec.table, catalog_uri=catalog_uri)
+        dest = lake.IcebergDestination(location, spec.namespace, spec.table, catalog_uri=catalog_uri)
     return dest, dest.close
 
 
@@ -215,7 +215,8 @@ def _sums(table: Any) -> tuple[int, int, int]:
     return (
         table.num_rows,
         int(pc.sum(table["id"]).as_py() or 0),
-        int(pc.sum(pc.divide(micros, 1_000_000)).as_py() or 0),
+        # floor, as PostgreSQL's floor(extract(epoch ...)): the same for timestamps before 1970
+        int(pc.sum(pc.cast(pc.floor(pc.divide(pc.cast(micros, pa.float64()), 1e6)), pa.int64())).as_py() or 0),
     )
 
 
@@ -255,13 +256,13 @@ def read_lake_table(spec: PathSpec, columns: list[str]) -> Any:
         return DeltaTable(uri, storage_options=location.for_deltalake()).to_pyarrow_dataset().to_table(columns=columns)
     from pyiceberg.catalog.sql import SqlCatalog
 
+    from airflow_provider_instructure.replication.lake.iceberg_catalog import CATALOG_NAME
+
+    # The catalog by its name and database, as another engine would open it (not through our code).
     catalog = SqlCatalog(
-        ICEBERG_CATALOG_NAME, uri=f"sqlite:///{spec.catalog_file}", warehouse=spec.root, **location.for_pyiceberg()
+        CATALOG_NAME, uri=f"sqlite:///{spec.catalog_file}", warehouse=spec.root, **location.for_pyiceberg()
     )
     return catalog.load_table(f"{spec.namespace}.{spec.table}").scan(selected_fields=tuple(columns)).to_arrow()
-
-
-ICEBERG_CATALOG_NAME = "dap"
 
 
 def main() -> None:
