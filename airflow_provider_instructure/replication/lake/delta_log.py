@@ -1,0 +1,107 @@
+"""Reading a Delta table's storage and commit log for :class:`~.delta.DeltaDestination`.
+
+* :func:`latest_dap_commit`: the newest commit written by this package (its ``commitInfo``
+  carries ``dap.namespace``), walking back past commits by other writers (``OPTIMIZE``,
+  ``VACUUM START/END``, a user's ``ALTER``) that carry no ``dap.*`` keys.
+* :func:`listing` / :func:`probe_writable`: what is at a location and whether this process
+  can write there, through the same Rust ``object_store`` (and so the same credentials) as
+  the writes, so a check that passes means the sync can write.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from datetime import datetime, timezone
+from typing import Any
+
+from airflow_provider_instructure.replication.errors import ReplicationConfigError
+from airflow_provider_instructure.replication.lake import metadata as meta
+from airflow_provider_instructure.replication.lake.storage import StorageLocation
+
+#: Commits read per round when walking the log back to our latest commit.
+HISTORY_PAGE = 25
+
+
+def storage_error(target: str, exc: BaseException) -> ReplicationConfigError:
+    """A storage failure as a configuration error; the message names the table, not secrets.
+
+    delta-rs errors quote URLs and the failing request, never the storage options.
+    """
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ReplicationConfigError(f"{target}: the storage is not usable: {type(exc).__name__}: {text[:300]}")
+
+
+def latest_dap_commit(table: Any) -> tuple[dict[str, Any], datetime | None] | None:
+    """The ``commitInfo`` of the newest commit of ours in ``table`` (a ``DeltaTable``), and when
+    it was made; ``None`` when no commit carries ``dap.namespace``.
+
+    Reads the log newest first, :data:`HISTORY_PAGE` commits at a time, so a table with a long
+    history is not read whole when our commit is recent (it normally is the newest).
+    """
+    limit = HISTORY_PAGE
+    newest = table.version()
+    while True:
+        history = table.history(limit=limit)
+        for commit in history:
+            if meta.owner(commit) is not None:
+                stamp = commit.get("timestamp")
+                when = datetime.fromtimestamp(stamp / 1000, tz=timezone.utc) if isinstance(stamp, int) else None
+                return commit, when
+        if len(history) < limit or limit > newest:
+            return None
+        limit *= 4
+
+
+def listing(location: StorageLocation, table_uri: str) -> list[str] | None:
+    """The names directly under ``table_uri`` (``None``: it does not exist).
+
+    :raises ReplicationConfigError: the storage cannot be listed (no bucket, no access...).
+    """
+    if location.is_local:
+        if not os.path.exists(table_uri):
+            return None
+        if not os.path.isdir(table_uri):
+            raise ReplicationConfigError(f"{table_uri} exists and is not a directory")
+        return sorted(os.listdir(table_uri))
+    import pyarrow.fs as pafs
+    from deltalake.fs import DeltaStorageHandler
+
+    try:
+        fs = pafs.PyFileSystem(DeltaStorageHandler(table_uri, location.for_deltalake()))
+        infos = fs.get_file_info(pafs.FileSelector("", allow_not_found=True))
+    except Exception as exc:  # delta-rs raises its own, unrelated exception types per backend
+        raise storage_error(table_uri, exc) from exc
+    names = sorted({info.path.strip("/").split("/")[0] for info in infos if info.path.strip("/")})
+    return names or None
+
+
+def probe_writable(location: StorageLocation, table_uri: str) -> None:
+    """Write and delete a small object under ``table_uri`` (the directory is created locally).
+
+    :raises ReplicationConfigError: the write or the delete failed.
+    """
+    name = f"_dap_write_probe_{secrets.token_hex(4)}"
+    if location.is_local:
+        try:
+            os.makedirs(table_uri, exist_ok=True)
+            path = os.path.join(table_uri, name)
+            with open(path, "wb") as fh:
+                fh.write(b"probe")
+            os.unlink(path)
+        except OSError as exc:
+            raise ReplicationConfigError(f"{table_uri} is not writable: {exc}") from exc
+        return
+    import pyarrow.fs as pafs
+    from deltalake.fs import DeltaStorageHandler
+
+    try:
+        fs = pafs.PyFileSystem(DeltaStorageHandler(table_uri, location.for_deltalake()))
+        with fs.open_output_stream(name) as out:
+            out.write(b"probe")
+        fs.delete_file(name)
+    except Exception as exc:  # delta-rs raises its own, unrelated exception types per backend
+        raise storage_error(table_uri, exc) from exc
+
+
+__all__ = ["HISTORY_PAGE", "latest_dap_commit", "listing", "probe_writable", "storage_error"]
