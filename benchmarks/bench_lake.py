@@ -60,7 +60,6 @@ from _common import (  # the benchmarks folder is not a package: found through s
 from bench_sync_postgres import checkpoint, connect
 
 LOCAL_PATHS = ("postgres", "delta", "iceberg")
-S3_PATHS = ("delta-s3", "iceberg-s3")
 
 
 # -- preparing the data (not timed) -------------------------------------------------------------------
@@ -155,7 +154,8 @@ class Bench:
         self.args = args
         self.work = temp_dir("bench-lake-")
         self.db = f"bench_{secrets.token_hex(3)}_lake"
-        self.paths = [p for p in args.paths if p in LOCAL_PATHS] + (list(S3_PATHS) if args.s3 else [])
+        lake = [p for p in args.paths if p != "postgres"]
+        self.paths = list(args.paths) + ([f"{p}-s3" for p in lake] if args.s3 else [])
         self.s3: MotoServer | None = None
         self.results: list[list[object]] = []
         self.phases: list[list[object]] = []
@@ -272,7 +272,9 @@ def main() -> None:
     parser.add_argument("--deletes", type=float, default=0.01, help="fraction of rows deleted before step 2")
     parser.add_argument("--rows-per-part", type=int, default=100_000, help="emulator: maximum rows per part")
     parser.add_argument("--paths", nargs="+", choices=LOCAL_PATHS, default=list(LOCAL_PATHS))
-    parser.add_argument("--s3", action="store_true", help="also delta-s3 and iceberg-s3 (moto's S3 server)")
+    parser.add_argument(
+        "--s3", action="store_true", help="also each lake path on S3 (delta-s3, iceberg-s3; moto's S3 server)"
+    )
     parser.add_argument("--pg-host", default="127.0.0.1")
     parser.add_argument("--pg-port", type=int, default=5432)
     parser.add_argument("--pg-user", default="postgres")
