@@ -1,8 +1,10 @@
-"""``CD2SyncTableOperator``: keep one SQL table equal to one Canvas Data 2 table.
+"""``CD2SyncTableOperator``: keep one SQL, Delta Lake or Iceberg table equal to one Canvas Data 2 table.
 
-The operator orchestrates; the replication itself (bulk load, merge, state table, schema
-changes, swaps) lives in :mod:`airflow_provider_instructure.replication`, which speaks no
-HTTP, and all DAP calls go through the hook.
+The operator orchestrates; the replication itself (bulk load, merge, state, schema changes,
+swaps and commits) lives in :mod:`airflow_provider_instructure.replication`, which speaks no
+HTTP, behind its :class:`~airflow_provider_instructure.replication.destination.Destination`
+protocol; which destination the arguments name is decided in :mod:`.sync_destination`. All DAP
+calls go through the hook.
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_instructure._compat import AirflowNotFoundException, Asset, BaseHook, Context
+from airflow_provider_instructure._compat import Asset, Context
 from airflow_provider_instructure.assets import ALIAS_NAME, AssetAlias, emit_table_event
-from airflow_provider_instructure.exceptions import (
-    DestinationUnavailableError,
-    InstructureConfigError,
-    InstructureError,
-)
+from airflow_provider_instructure.exceptions import InstructureConfigError, InstructureError
 from airflow_provider_instructure.hooks.downloads import DEFAULT_CONCURRENCY, safe_name
 from airflow_provider_instructure.operators.cd2 import CD2QueryOperator
-from airflow_provider_instructure.operators.lineage import sql_table_naming
+from airflow_provider_instructure.operators.sync_destination import (
+    DIALECTS,
+    OpenedDestination,
+    check_destination_args,
+    open_destination,
+    parts_key,
+)
 from airflow_provider_instructure.operators.sync_workdir import (
     JobDirClaim,
     job_parts_dir,
@@ -29,12 +33,7 @@ from airflow_provider_instructure.operators.sync_workdir import (
     remove_other_jobs,
     table_parts_dir,
 )
-from airflow_provider_instructure.replication import (
-    ReplicationConfigError,
-    SnapshotRequired,
-    TableReplicator,
-    WatermarkError,
-)
+from airflow_provider_instructure.replication import Destination, SnapshotRequired, WatermarkError
 from airflow_provider_instructure.replication.part_feed import StreamedParts
 
 
@@ -42,19 +41,16 @@ class _NeedSnapshot(Exception):
     """The incremental cannot be applied in place; the table must be rebuilt from a snapshot."""
 
 
-#: Airflow connection types and the replication dialect that serves them.
-DIALECTS = {"postgres": "postgres", "postgresql": "postgres", "mysql": "mysql", "sqlite": "sqlite"}
-
-
 class CD2SyncTableOperator(CD2QueryOperator):
-    """Replicate one CD2 table into a PostgreSQL, MySQL/MariaDB or SQLite database.
+    """Replicate one CD2 table into a PostgreSQL, MySQL/MariaDB or SQLite database, or into a
+    Delta Lake or Apache Iceberg table on a local path or object storage.
 
     * First run (no table or no watermark in the target): snapshot into a new table and record
-      the watermark (``at``) and schema version in the target's state table, in the same
-      transaction as the data.
+      the watermark (``at``) and schema version with the data: in the target's state table, in
+      the same transaction (SQL), or in the same commit's metadata (Delta, Iceberg).
     * Later runs: an incremental from the stored watermark (never the wall clock); upserts and
-      hard deletes plus the new watermark (``until``) in one transaction, so a failed run leaves
-      the previous state and the rerun repeats the same window with the same result.
+      hard deletes plus the new watermark (``until``) in one transaction or commit, so a failed
+      run leaves the previous state and the rerun repeats the same window with the same result.
     * ``SnapshotRequiredError``/``OutOfRangeError`` from DAP, or a schema change that cannot be
       applied in place: a fresh snapshot is built beside the live table and swapped in
       atomically. Additive changes (new nullable column, new enum value) are applied in place.
@@ -65,7 +61,11 @@ class CD2SyncTableOperator(CD2QueryOperator):
     ``workdir``, kept there for a retry of a failed try and removed once the sync has committed.
     Returned to XCom (and logged): rows inserted, updated and deleted, the new watermark, schema
     version, bytes downloaded and seconds per phase. An Asset event is emitted for
-    ``instructure://<namespace>/<table>`` and for the destination table.
+    ``instructure://<namespace>/<table>`` and for the destination table (a lake table: its
+    location, ``file:///...`` or ``s3://...``; see :mod:`.sync_destination`).
+
+    Exactly one destination: ``destination_conn_id``, or ``table_format`` with
+    ``destination_path``; checked when the operator is created.
 
     When DAP has no data for the table yet ("There is no data available yet"), the run succeeds
     with 0 rows and ``no_data: true``: see :meth:`process_no_data`.
@@ -74,9 +74,21 @@ class CD2SyncTableOperator(CD2QueryOperator):
     :param namespace: DAP namespace.
     :param destination_conn_id: a ``postgres``, ``mysql`` or ``sqlite`` Airflow connection.
     :param destination_schema: PostgreSQL schema (default: the namespace), MySQL database
-        (default: the connection's) or SQLite attached database.
+        (default: the connection's), SQLite attached database; for Iceberg the catalog namespace
+        and for Delta the directory under ``destination_path`` (default: the DAP namespace).
     :param table_prefix: prepended to the table name (default: none on PostgreSQL,
-        ``<namespace>__`` on MySQL and SQLite, as ``dap`` names tables there).
+        ``<namespace>__`` on MySQL and SQLite, as ``dap`` names tables there). SQL only.
+    :param table_format: ``delta`` or ``iceberg`` (needs the ``[delta]`` / ``[iceberg]`` extra):
+        replicate into an open table format at ``destination_path`` instead of a database.
+    :param destination_path: where lake tables go: an absolute local directory, or
+        ``s3://bucket/prefix``, ``gs://bucket/prefix``, ``abfss://container@account.dfs.core.windows.net/prefix``.
+        The table is ``<destination_path>/<namespace>/<table>``.
+    :param storage_conn_id: the ``aws``, ``google_cloud_platform``, ``wasb`` or ``adls`` connection
+        whose credentials reach ``destination_path`` (:mod:`~..hooks.storage`); unset: the
+        environment's credentials.
+    :param catalog_conn_id: Iceberg only: a ``postgres`` or ``sqlite`` connection holding the SQL
+        catalog (default: ``iceberg_catalog.db`` in a local ``destination_path``; required on
+        object storage).
     :param download_concurrency: parallel downloads of result parts (default 8: see
         ``DEFAULT_CONCURRENCY`` in :mod:`~..hooks.downloads` for the measurement). A snapshot is pipelined:
         part ``k`` loads while the next ones download, with at most this many parts on disk at
@@ -98,6 +110,10 @@ class CD2SyncTableOperator(CD2QueryOperator):
         "destination_conn_id",
         "destination_schema",
         "table_prefix",
+        "table_format",
+        "destination_path",
+        "storage_conn_id",
+        "catalog_conn_id",
         "poll_interval",
     )
 
@@ -105,10 +121,14 @@ class CD2SyncTableOperator(CD2QueryOperator):
         self,
         *,
         table: str,
-        destination_conn_id: str,
+        destination_conn_id: str | None = None,
         namespace: str | None = "canvas",
         destination_schema: str | None = None,
         table_prefix: str | None = None,
+        table_format: str | None = None,
+        destination_path: str | None = None,
+        storage_conn_id: str | None = None,
+        catalog_conn_id: str | None = None,
         download_concurrency: int = DEFAULT_CONCURRENCY,
         workdir: str | None = None,
         **kwargs: Any,
@@ -118,85 +138,56 @@ class CD2SyncTableOperator(CD2QueryOperator):
                 raise InstructureConfigError(
                     f"CD2SyncTableOperator chooses {fixed!r} itself (TSV, condensed, from the stored watermark)"
                 )
+        check_destination_args(
+            destination_conn_id=destination_conn_id,
+            table_format=table_format,
+            destination_path=destination_path,
+            storage_conn_id=storage_conn_id,
+            catalog_conn_id=catalog_conn_id,
+            table_prefix=table_prefix,
+        )
         super().__init__(table=table, namespace=namespace, format="tsv", mode="condensed", **kwargs)
         self.destination_conn_id = destination_conn_id
         self.destination_schema = destination_schema
         self.table_prefix = table_prefix
+        self.table_format = table_format
+        self.destination_path = destination_path
+        self.storage_conn_id = storage_conn_id
+        self.catalog_conn_id = catalog_conn_id
         self.download_concurrency = download_concurrency
         self.workdir = workdir
 
     # -- destination -------------------------------------------------------------------------------
 
-    def _destination(self) -> tuple[Any, str, Any]:
-        """``(connection, dialect, db_hook)`` for the destination, with clear errors."""
-        try:
-            conn = BaseHook.get_connection(self.destination_conn_id)
-        except AirflowNotFoundException:
-            raise InstructureConfigError(
-                f"Destination connection {self.destination_conn_id!r} is not defined; create a postgres, mysql "
-                "or sqlite connection with that id"
-            ) from None
-        dialect = DIALECTS.get((conn.conn_type or "").lower())
-        if dialect is None:
-            raise InstructureConfigError(
-                f"Destination connection {self.destination_conn_id!r} has type {conn.conn_type!r}; "
-                f"supported types are {', '.join(sorted(set(DIALECTS)))}"
-            )
-        hook = conn.get_hook(hook_params={"local_infile": True} if dialect == "mysql" else None)
-        return conn, dialect, hook
-
-    def _replicator(self) -> TableReplicator:
-        conn, dialect, hook = self._destination()
-        try:
-            db = hook.get_conn()
-        except Exception as exc:  # driver errors name host/port; the password is not in them
-            # Transient more often than not (too many clients, a restart, a failover): let retries run.
-            raise DestinationUnavailableError(
-                f"Cannot connect to destination {self.destination_conn_id!r} ({conn.conn_type}://{conn.host or ''}"
-                f"{':' + str(conn.port) if conn.port else ''}/{conn.schema or ''}): {type(exc).__name__}: {exc}"
-            ) from None
+    def _open(self) -> Destination:
+        """The destination, checked before any data moves (:func:`~.sync_destination.open_destination`);
+        its asset URI and lineage dataset are noted. The caller closes it."""
         namespace = self.namespace or self.hook.settings.namespace
-        try:
-            replicator = TableReplicator(
-                db,
-                dialect,
-                namespace,
-                self.table,
-                target_schema=self.destination_schema or None,
-                table_prefix=self.table_prefix,
-                log=self.log,
-            )
-            # An empty table without a state row is what a run that found no data in DAP leaves.
-            replicator.check_target(empty_table_schema=lambda: self.hook.get_table_schema(self.table, namespace))
-        except ReplicationConfigError as exc:
-            db.close()
-            raise InstructureConfigError(f"Destination {self.destination_conn_id!r}: {exc}") from None
-        target = replicator.target  # the lineage output, known before any data moves
-        self._lineage_note(
-            dialect=dialect,
-            destination=sql_table_naming(dialect, conn.host, conn.port, conn.schema, target.schema, target.table),
+        opened: OpenedDestination = open_destination(
+            self, namespace, lambda: self.hook.get_table_schema(self.table, namespace), self.log
         )
-        self._db = db
-        return replicator
+        self._asset_uri = opened.asset_uri
+        self._lineage_note(dialect=opened.destination.kind, destination=opened.lineage)  # known before data moves
+        return opened.destination
 
     # -- the run ------------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> Any:
         self._started = time.monotonic()
-        replicator = self._replicator()  # every check before any data moves
+        destination = self._open()  # every check before any data moves
         try:
-            state = replicator.read_state()
+            state = destination.read_state()
         finally:
-            self._db.close()
+            destination.close()
         self._state = state
         since = None
         if state is None:
-            self.log.info("%s has no replica in %s yet: taking a snapshot", self.table, replicator.target_name)
+            self.log.info("%s has no replica in %s yet: taking a snapshot", self.table, destination.target_name)
         else:
             since = state.watermark
             self.log.info(
                 "Continuing %s from watermark %s (schema version %s%s)",
-                replicator.target_name,
+                destination.target_name,
                 state.watermark.isoformat(),
                 state.schema_version,
                 ", a database of the dap CLI" if state.from_dap_cli else "",
@@ -215,7 +206,7 @@ class CD2SyncTableOperator(CD2QueryOperator):
             remove_other_jobs(workdir, self.log)
             clock = time.monotonic()
             if meta["kind"] == "snapshot":
-                result, destination, files, download, waited = self._pipelined_snapshot(meta, workdir)
+                result, files, download, waited = self._pipelined_snapshot(meta, workdir)
                 # Overlapping phases: "download" runs until the last part landed; "load" includes
                 # "waiting_for_parts", the time the load sat idle until the next part landed.
                 phases["download"] = download
@@ -230,12 +221,7 @@ class CD2SyncTableOperator(CD2QueryOperator):
                 )
                 phases["download"] = time.monotonic() - clock
                 schema = self._job_schema(meta)
-                replicator = self._replicator()
-                try:
-                    result = self._apply(replicator, meta, workdir, schema)
-                    destination = self._destination_uri(replicator)
-                finally:
-                    self._db.close()
+                result = self._apply(meta, workdir, schema)
             done = True
         except _NeedSnapshot:
             # Rebuild from a snapshot, swapped in atomically by the replicator. This may defer;
@@ -255,7 +241,6 @@ class CD2SyncTableOperator(CD2QueryOperator):
         summary = self._summary(
             record,
             meta,
-            destination,
             bytes_downloaded=sum(f["size"] for f in files),
             seconds={**{k: round(v, 3) for k, v in phases.items()}, **record["seconds"]},
             no_data=False,
@@ -290,12 +275,12 @@ class CD2SyncTableOperator(CD2QueryOperator):
 
     def _pipelined_snapshot(
         self, meta: dict[str, Any], workdir: Path
-    ) -> tuple[Any, str, list[dict[str, Any]], float, float]:
+    ) -> tuple[Any, list[dict[str, Any]], float, float]:
         """Load a snapshot while its parts download: part ``k`` loads while ``k+1...`` download,
         at most ``download_concurrency`` parts on disk at once, each deleted once its rows are in
         the table being built (nothing is visible before the whole table commits).
 
-        :returns: the replication result, the destination URI, the parts (as download_objects
+        :returns: the replication result, the parts (as download_objects
             lists them), the seconds until the last part had landed and the seconds the load
             waited for parts.
         """
@@ -308,31 +293,15 @@ class CD2SyncTableOperator(CD2QueryOperator):
         ) as stream:
             schema = self._job_schema(meta)  # while the first parts download
             parts = StreamedParts((f.path for f in stream), total=len(object_ids), loaded=stream.release)
-            replicator = self._replicator()
-            try:
-                result = self._apply(replicator, meta, parts, schema)
-                destination = self._destination_uri(replicator)
-            finally:
-                self._db.close()
+            result = self._apply(meta, parts, schema)
         seconds = stream.download_seconds
         files = [f.to_dict() for f in stream.files]
-        return result, destination, files, seconds if seconds is not None else 0.0, stream.wait_seconds
+        return result, files, seconds if seconds is not None else 0.0, stream.wait_seconds
 
     def _parts_dir(self, meta: dict[str, Any]) -> Path:
-        # What the connection points at, not its id: two deployments on one host may both call
-        # their (different) warehouses "cd2_warehouse" and must never share or remove parts.
-        conn = BaseHook.get_connection(self.destination_conn_id)
-        destination = [
-            conn.conn_type,
-            conn.host,
-            conn.port,
-            conn.schema,
-            conn.login,
-            self.destination_schema,
-            self.table_prefix,
-        ]
+        # What the destination points at (sync_destination.parts_key), not a connection id.
         return job_parts_dir(
-            table_parts_dir(self.workdir, destination, meta["namespace"], meta["table"]), meta["job_id"]
+            table_parts_dir(self.workdir, parts_key(self), meta["namespace"], meta["table"]), meta["job_id"]
         )
 
     def process_no_data(self, context: Context, meta: dict[str, Any]) -> dict[str, Any]:
@@ -344,7 +313,7 @@ class CD2SyncTableOperator(CD2QueryOperator):
         the stored watermark stays, so the next run asks for the same window again.
         """
         state = getattr(self, "_state", None)
-        replicator = self._replicator()
+        replicator = self._open()
         try:
             if meta["kind"] == "snapshot":
                 schema = self.hook.get_table_schema(meta["table"], meta["namespace"])
@@ -368,13 +337,12 @@ class CD2SyncTableOperator(CD2QueryOperator):
                     meta.get("since"),
                 )
                 schema_version = state.schema_version if state is not None else None
-            destination = self._destination_uri(replicator)
         finally:
-            self._db.close()
+            replicator.close()
         record = {
             "mode": meta["kind"],
             "target": replicator.target_name,
-            "dialect": replicator.dialect,
+            "dialect": replicator.kind,
             "rows_inserted": 0,
             "rows_updated": 0,
             "rows_deleted": 0,
@@ -391,7 +359,7 @@ class CD2SyncTableOperator(CD2QueryOperator):
             "skipped_deletes": 0,
         }
         return {
-            **self._summary(record, meta, destination, bytes_downloaded=0, seconds={}, no_data=True),
+            **self._summary(record, meta, bytes_downloaded=0, seconds={}, no_data=True),
             "no_data_reason": meta.get("no_data_reason"),
         }
 
@@ -399,7 +367,6 @@ class CD2SyncTableOperator(CD2QueryOperator):
         self,
         record: dict[str, Any],
         meta: dict[str, Any],
-        destination: Any,
         *,
         bytes_downloaded: int,
         seconds: dict[str, float],
@@ -415,36 +382,30 @@ class CD2SyncTableOperator(CD2QueryOperator):
             "job_id": meta["job_id"],
             "kind": meta["kind"],
             "destination_conn_id": self.destination_conn_id,
-            "destination": destination,
+            "table_format": self.table_format,
+            "destination": self._asset_uri,
             "bytes_downloaded": bytes_downloaded,
             "seconds": seconds,
             "no_data": no_data,
         }
 
-    def _apply(
-        self, replicator: TableReplicator, meta: dict[str, Any], parts: Path | StreamedParts, schema: dict[str, Any]
-    ) -> Any:
-        if meta["kind"] == "snapshot":
-            return replicator.apply_snapshot(parts, versioned_schema=schema, at=meta["at"], job_id=meta["job_id"])
+    def _apply(self, meta: dict[str, Any], parts: Path | StreamedParts, schema: dict[str, Any]) -> Any:
+        """Open the destination (checked again: time passed since ``execute``), apply the job, close it."""
+        destination = self._open()
         try:
-            return replicator.apply_incremental(
-                parts, versioned_schema=schema, since=meta["since"], until=meta["until"], job_id=meta["job_id"]
-            )
-        except SnapshotRequired as exc:
-            self.log.warning("%s; taking a new snapshot of %s", exc, replicator.target_name)
-            raise _NeedSnapshot from exc
-        except WatermarkError as exc:
-            raise InstructureError(f"{replicator.target_name}: {exc}") from None
-
-    def _destination_uri(self, replicator: TableReplicator) -> str:
-        """The replica as an asset URI (the forms Airflow's postgres/mysql providers use)."""
-        conn = BaseHook.get_connection(self.destination_conn_id)
-        target = replicator.target
-        if replicator.dialect == "postgres":
-            return f"postgres://{conn.host}:{conn.port or 5432}/{conn.schema}/{target.schema}/{target.table}"
-        if replicator.dialect == "mysql":
-            return f"mysql://{conn.host}:{conn.port or 3306}/{target.schema}/{target.table}"
-        return f"sqlite:///{Path(conn.host or '').resolve()}/{target.table}"
+            if meta["kind"] == "snapshot":
+                return destination.apply_snapshot(parts, versioned_schema=schema, at=meta["at"], job_id=meta["job_id"])
+            try:
+                return destination.apply_incremental(
+                    parts, versioned_schema=schema, since=meta["since"], until=meta["until"], job_id=meta["job_id"]
+                )
+            except SnapshotRequired as exc:
+                self.log.warning("%s; taking a new snapshot of %s", exc, destination.target_name)
+                raise _NeedSnapshot from exc
+            except WatermarkError as exc:
+                raise InstructureError(f"{destination.target_name}: {exc}") from None
+        finally:
+            destination.close()
 
     def _emit(self, context: Context, meta: dict[str, Any], summary: dict[str, Any]) -> None:
         extra = {
@@ -467,4 +428,4 @@ class CD2SyncTableOperator(CD2QueryOperator):
             self.log.warning("Could not record the destination asset event: %s", exc)
 
 
-__all__ = ["CD2SyncTableOperator"]
+__all__ = ["DIALECTS", "CD2SyncTableOperator"]

@@ -21,6 +21,9 @@ Naming (OpenLineage "Naming" spec, ``openlineage.client.naming.dataset``):
 * Files: ``file`` and the absolute path for a local target (``LocalFileSystem``), and
   ``<scheme>://<bucket>`` with the object key for object storage (``S3``, ``GCS``...), as
   Airflow's common.io provider names them.
+* Lake tables (Delta Lake, Iceberg) are named as the files they are, by their location:
+  ``file`` and ``/abs/dir/<namespace>/<table>``, ``s3://<bucket>`` and ``prefix/<namespace>/<table>``
+  (the spec's object-storage naming; an Iceberg table is one directory as a Delta table is).
 * Tables: ``postgres://<host>:<port>`` and ``<database>.<schema>.<table>``,
   ``mysql://<host>:<port>`` and ``<database>.<table>`` (the naming of Airflow's postgres and
   mysql providers). SQLite has no entry in the spec nor in its provider: the namespace is
@@ -105,13 +108,23 @@ def schema_fields(versioned_schema: dict[str, Any], dialect: str | None = None) 
 
     :param versioned_schema: ``{"schema": ..., "version": N}`` as the hook returns it.
     :param dialect: None for the DAP types (:func:`dap_type`); ``postgres``, ``mysql`` or
-        ``sqlite`` for the SQL types the replication creates.
+        ``sqlite`` for the SQL types the replication creates; ``delta`` or ``iceberg`` for the
+        Arrow types of the lake table (``int64``, ``timestamp[us, tz=UTC]``, ``decimal128(10, 2)``).
     """
-    from airflow_provider_instructure.replication.types import sql_type
+    if dialect in ("delta", "iceberg"):
+        from airflow_provider_instructure.replication.lake.arrow import arrow_type
+
+        def typed(column: Any) -> str:
+            return str(arrow_type(column))
+    else:
+        from airflow_provider_instructure.replication.types import sql_type
+
+        def typed(column: Any) -> str:
+            return sql_type(column, dialect)  # type: ignore[arg-type]
 
     fields = []
     for column in parse_table_schema(versioned_schema).columns:
-        typ = dap_type(column.type) if dialect is None else sql_type(column, dialect)
+        typ = dap_type(column.type) if dialect is None else typed(column)
         description = column.schema.get("description")
         fields.append((column.name, typ, description if isinstance(description, str) else None))
     return fields
@@ -128,8 +141,9 @@ class OpenLineageMixin:
     * ``job``: the job's metadata: the input's ``version`` facet is its watermark.
     * ``files``: files written (``path``, ``size``, ``rows``): one output each, with
       ``outputStatistics`` (``rowCount``, ``size``, ``fileCount`` 1).
-    * ``destination``: ``(namespace, name)`` of a replica table (:func:`sql_table_naming`), with
-      ``dialect`` for its ``schema`` facet and ``summary`` (the sync's XCom) for its
+    * ``destination``: ``(namespace, name)`` of a replica table (:func:`sql_table_naming`, or
+      :func:`file_naming` of a lake table's location), with ``dialect`` (the destination's kind)
+      for its ``schema`` facet and ``summary`` (the sync's XCom) for its
       ``outputStatistics`` (``rowCount``: rows inserted plus updated; ``size``: bytes loaded).
     """
 
