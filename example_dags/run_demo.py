@@ -7,6 +7,8 @@ creates a throw-away Airflow metadata database, then runs each example DAG with
 By default the emulator serves its core 15 tables (every column type DAP uses) so the demo
 stays quick; ``--all-tables`` (``make demo DEMO_ARGS=--all-tables``) serves the full catalog
 of 90 ``canvas`` tables plus ``web_logs``, the 76 extra tables with 10 rows each.
+``--delta`` (``make demo DEMO_ARGS=--delta``; needs the ``[delta]`` extra) also writes every
+table into Delta Lake tables under ``demo-output/delta`` with ``example_cd2_sync_delta``.
 """
 
 from __future__ import annotations
@@ -68,7 +70,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="serve the emulator's full catalog (90 canvas tables + web_logs) instead of its core 15 tables",
     )
+    parser.add_argument(
+        "--delta",
+        action="store_true",
+        help="also replicate every table into Delta Lake tables under demo-output/delta (needs deltalake: "
+        "pip install -e '.[delta]')",
+    )
     args = parser.parse_args(argv)
+    if args.delta:
+        try:
+            import deltalake  # noqa: F401 - only checked, before anything starts
+        except ImportError:
+            parser.error("--delta needs the deltalake package: pip install -e '.[delta]'")
     from airflow_provider_instructure.emulator.server import EmulatorServer, quiet_uvicorn_errors
 
     quiet_uvicorn_errors()
@@ -100,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         # A previous run's files and warehouse hold watermarks of a previous emulator: starting
         # from them would ask this one for changes it never made (and, within the same hour,
         # for a replica newer than its first snapshot). The demo starts clean, like its database.
-        for stale in (REPO / "demo-output" / "cd2-lake", REPO / "demo-output" / "warehouse.db"):
+        for stale in (
+            REPO / "demo-output" / "cd2-lake",
+            REPO / "demo-output" / "warehouse.db",
+            REPO / "demo-output" / "delta",
+        ):
             if stale.is_dir():
                 shutil.rmtree(stale)
             else:
@@ -135,6 +152,17 @@ def main(argv: list[str] | None = None) -> int:
         banner("example_cd2_sync_to_database again: incrementals from the watermarks stored in the warehouse")
         print_syncs(run_dag("example_dags.example_cd2_sync_to_database", conf), warehouse)
 
+        if args.delta:
+            lake = REPO / "demo-output" / "delta"
+            delta_conf = {"lake_path": str(lake), "poll_interval": 0.2}
+            banner(f"example_cd2_sync_delta: every table into Delta Lake tables under {lake} (first run: snapshots)")
+            print_delta(run_dag("example_dags.example_cd2_sync_delta", delta_conf))
+            changed = server.emulator.advance(updates=0.1, inserts=0.02, deletes=0.01)
+            banner(f"Emulator committed updates, inserts and hard deletes at {changed:%Y-%m-%dT%H:%M:%S}Z")
+            banner("example_cd2_sync_delta again: one Delta commit per table with the changes and the watermark")
+            print_delta(run_dag("example_dags.example_cd2_sync_delta", delta_conf))
+            print(f"Read them with e.g. duckdb: SELECT count(*) FROM delta_scan('{lake}/canvas/users')")
+
         calls = server.emulator.stats.snapshot()
         banner("DAP calls made by the demo")
         print(", ".join(f"{route}={count}" for route, count in calls.items()))
@@ -156,6 +184,17 @@ def print_syncs(run, warehouse: Path) -> None:
             f"{info['deleted']:>5} {info['seconds']:>7.2f}  {info['watermark']}"
         )
     db.close()
+
+
+def print_delta(run) -> None:
+    (report,) = xcom(run.run_id, "table_version")
+    width = max(20, *map(len, report))
+    print(f"{'table':<{width}} {'mode':<12} {'version':>7} {'rows now':>8} {'ins':>5} {'upd':>5} {'del':>5}  watermark")
+    for table, info in sorted(report.items()):
+        print(
+            f"{table:<{width}} {info['mode']:<12} {info['version']:>7} {info['rows']:>8} {info['inserted']:>5} "
+            f"{info['updated']:>5} {info['deleted']:>5}  {info['watermark']}"
+        )
 
 
 def print_downloads(run) -> None:
