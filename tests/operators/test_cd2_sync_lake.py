@@ -27,8 +27,9 @@ from airflow_provider_instructure.operators.cd2_sync import CD2SyncTableOperator
 from airflow_provider_instructure.replication import open_table_format
 from airflow_provider_instructure.replication.lake.arrow import arrow_type
 from airflow_provider_instructure.replication.lake.storage import StorageLocation
+from airflow_provider_instructure.timestamps import parse_timestamp as parse_watermark
 from tests.replication.lake.conftest import S3_KEYS, S3_REGION, make_bucket, s3_client, s3_server  # noqa: F401
-from tests.replication.repl_helpers import assert_same_rows, expected_table, normalize
+from tests.replication.repl_helpers import assert_same_rows, bump_schema, expected_table, normalize
 
 TABLES = [("canvas", "users"), ("canvas", "submissions"), ("canvas_logs", "web_logs")]
 
@@ -198,3 +199,39 @@ def test_parts_directory_depends_on_the_lake_location(tmp_path: Path) -> None:
     assert a == parts_dir(table_format="delta", destination_path="/lake/a/")
     assert a != parts_dir(table_format="delta", destination_path="/lake/b")
     assert a != parts_dir(table_format="iceberg", destination_path="/lake/a")
+
+
+def test_no_data_yet_then_a_schema_change_that_needs_a_snapshot(
+    lake_server: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the Destination protocol as for SQL: DAP's "no data yet" leaves an empty Delta table
+    and no watermark; later, a removed column cannot be applied in place, so the operator takes a
+    new snapshot (the _NeedSnapshot fallback) that replaces the table in one commit."""
+    from deltalake import DeltaTable
+
+    args = {"table_format": "delta", "destination_path": str(tmp_path / "lake")}
+    location = StorageLocation(args["destination_path"])
+    lake_server.emulator.config.tables_without_data = {"canvas.users": "post"}
+    summary, _ = _sync("canvas", "users", args)
+    assert summary["no_data"] and summary["mode"] == "snapshot" and summary["watermark"] is None
+    empty = DeltaTable(location.table_uri("canvas", "users"))
+    assert empty.to_pyarrow_table().num_rows == 0
+    dest = open_table_format("delta", location, "canvas", "users")
+    assert dest.read_state() is None  # the next run snapshots again
+    dest.close()
+
+    lake_server.emulator.config.tables_without_data = {}
+    assert _sync("canvas", "users", args)[0]["mode"] == "snapshot"
+
+    def drop_column(vs: dict[str, Any]) -> None:
+        del vs["schema"]["properties"]["value"]["properties"]["storage_quota"]
+
+    version = bump_schema(lake_server, "canvas", "users", drop_column)
+    lake_server.emulator.advance(["canvas.users"], updates=2, inserts=1, deletes=1)
+    summary, _ = _sync("canvas", "users", args)
+    assert summary["mode"] == "snapshot" and summary["schema_version"] == version, summary
+    table = DeltaTable(location.table_uri("canvas", "users"))
+    assert "storage_quota" not in table.schema().to_arrow().names
+    vs = lake_server.emulator.dataset.table("canvas", "users").versioned_schema
+    expected = expected_table(lake_server, "canvas", "users", parse_watermark(summary["watermark"]), vs)
+    assert_same_rows(_lake_rows("delta", location, "canvas", "users", None, vs), expected, "after the rebuild")
