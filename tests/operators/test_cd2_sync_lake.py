@@ -29,7 +29,7 @@ from airflow_provider_instructure.replication.lake.arrow import arrow_type
 from airflow_provider_instructure.replication.lake.storage import StorageLocation
 from airflow_provider_instructure.timestamps import parse_timestamp as parse_watermark
 from tests.replication.lake.conftest import S3_KEYS, S3_REGION, make_bucket, s3_client, s3_server  # noqa: F401
-from tests.replication.repl_helpers import assert_same_rows, bump_schema, expected_table, normalize
+from tests.replication.repl_helpers import assert_same_rows, bump_schema, expected_table
 
 TABLES = [("canvas", "users"), ("canvas", "submissions"), ("canvas_logs", "web_logs")]
 
@@ -43,28 +43,16 @@ def lake_server(dap_emulator_factory, monkeypatch: pytest.MonkeyPatch) -> Emulat
     return srv
 
 
-def _lake_rows(fmt: str, location: StorageLocation, ns: str, table: str, catalog_uri: str | None, vs: dict) -> dict:
-    """The table's rows by key, read without the destination classes, normalized like the emulator's."""
-    if fmt == "delta":
-        from deltalake import DeltaTable
+def _lake_rows(dest: Any, vs: dict[str, Any]) -> dict[Any, dict[str, Any]]:
+    """The table's rows by key as another engine reads them (the lake tests' readers), normalized
+    like the emulator's."""
+    if dest.kind == "delta":
+        from tests.replication.lake.delta_helpers import delta_rows
 
-        rows = DeltaTable(location.table_uri(ns, table), storage_options=location.for_deltalake()).to_pyarrow_table()
-    else:
-        from pyiceberg.catalog.sql import SqlCatalog
+        return delta_rows(dest, vs)
+    from tests.replication.lake.iceberg_helpers import iceberg_rows
 
-        catalog = SqlCatalog("reader", uri=catalog_uri, **location.for_pyiceberg())
-        try:
-            rows = catalog.load_table(f"{ns}.{table}").scan().to_arrow()
-        finally:
-            catalog.engine.dispose()
-    schema = parse_table_schema(vs)
-    out: dict[Any, dict[str, Any]] = {}
-    for row in rows.to_pylist():
-        record = {c.name: normalize(c, row.get(c.name)) for c in schema.columns}
-        key = tuple(record[c.name] for c in schema.key_columns)
-        assert key not in out, f"duplicate key {key} in {fmt} {ns}.{table}"
-        out[key] = record
-    return out
+    return iceberg_rows(dest, vs)
 
 
 def _place(where: str, fmt: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: Any) -> dict[str, Any]:
@@ -128,12 +116,12 @@ def test_snapshot_then_incremental_into_a_lake_table(
             dest = open_table_format(fmt, location, ns, table, catalog_uri=place["catalog_uri"])
             try:
                 state = dest.read_state()  # the watermark needs nothing but the table
+                assert state is not None and state.watermark.isoformat() == summary["watermark"], what
+                expected = expected_table(lake_server, ns, table, state.watermark, vs)
+                assert expected, what
+                assert_same_rows(_lake_rows(dest, vs), expected, what)
             finally:
                 dest.close()
-            assert state is not None and state.watermark.isoformat() == summary["watermark"], what
-            expected = expected_table(lake_server, ns, table, state.watermark, vs)
-            assert expected, what
-            assert_same_rows(_lake_rows(fmt, location, ns, table, place["catalog_uri"], vs), expected, what)
             table_uri = location.table_uri(ns, table)
             assert summary["destination"] == (Path(table_uri).as_uri() if where == "local" else table_uri), what
             (output,) = op.get_openlineage_facets_on_complete(None).outputs  # the [test] extra has OpenLineage
@@ -234,4 +222,6 @@ def test_no_data_yet_then_a_schema_change_that_needs_a_snapshot(
     assert "storage_quota" not in table.schema().to_arrow().names
     vs = lake_server.emulator.dataset.table("canvas", "users").versioned_schema
     expected = expected_table(lake_server, "canvas", "users", parse_watermark(summary["watermark"]), vs)
-    assert_same_rows(_lake_rows("delta", location, "canvas", "users", None, vs), expected, "after the rebuild")
+    dest = open_table_format("delta", location, "canvas", "users")
+    assert_same_rows(_lake_rows(dest, vs), expected, "after the rebuild")
+    dest.close()
