@@ -89,3 +89,15 @@ def test_importing_the_seam_imports_no_table_format_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("name", "library", "kind"),
+    [("DeltaDestination", "deltalake", "delta"), ("IcebergDestination", "pyiceberg", "iceberg")],
+)
+def test_the_lake_destinations_are_destinations(name: str, library: str, kind: str) -> None:
+    pytest.importorskip(library, reason=f"the [{kind}] extra is not installed")
+    from airflow_provider_instructure.replication import lake
+
+    cls = getattr(lake, name)
+    assert protocol_mismatches(cls) == [] and cls.kind == kind
