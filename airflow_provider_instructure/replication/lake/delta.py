@@ -23,11 +23,13 @@ and ``VACUUM`` removes them. A rerun of the same window converges to the same ro
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
@@ -46,6 +48,24 @@ from airflow_provider_instructure.replication.values import ValueTally
 from airflow_provider_instructure.replication.windows import check_incremental_window, check_snapshot_at
 
 _log = logging.getLogger(__name__)
+
+#: One delta-rs operation at a time per process. delta-rs runs every operation on one shared
+#: tokio runtime and some calls wait on it while holding the GIL; a write pulling its rows from
+#: a Python RecordBatchReader needs the GIL on a runtime worker. Two syncs on two threads then
+#: deadlock (measured with deltalake 1.6.6 on S3: both threads idle, no request in flight).
+#: Airflow runs each task in its own process, so this costs nothing there.
+_LOCK = threading.RLock()
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _serialized(method: _F) -> _F:
+    @functools.wraps(method)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with _LOCK:
+            return method(*args, **kwargs)
+
+    return run  # type: ignore[return-value]
 
 
 def _quote(name: str) -> str:
@@ -110,8 +130,6 @@ class DeltaDestination:
         from deltalake.exceptions import TableNotFoundError
 
         try:
-            if not DeltaTable.is_deltatable(self.uri, storage_options=self._options):
-                return None
             return DeltaTable(self.uri, storage_options=self._options)
         except TableNotFoundError:
             return None
@@ -138,7 +156,10 @@ class DeltaDestination:
 
         :raises ReplicationConfigError: the table belongs to another DAP table, or the storage fails.
         """
-        dt = self._open()
+        with _LOCK:
+            return self._state(self._open())
+
+    def _state(self, dt: Any | None) -> SyncState | None:
         if dt is None:
             return None
         found = self._our_commit(dt)
@@ -150,6 +171,7 @@ class DeltaDestination:
 
     # -- checks -----------------------------------------------------------------------------
 
+    @_serialized
     def check_target(self, *, empty_table_schema: Callable[[], dict[str, Any]] | None = None) -> None:
         """The location is reachable and writable, and what is there is ours or nothing.
 
@@ -183,6 +205,7 @@ class DeltaDestination:
 
     # -- writing ----------------------------------------------------------------------------
 
+    @_serialized
     def create_empty(self, versioned_schema: dict[str, Any]) -> bool:
         """Create the table without rows: the schema and ``dap.*`` ownership, no ``dap.watermark``.
 
@@ -211,6 +234,7 @@ class DeltaDestination:
             raise
         return True
 
+    @_serialized
     def apply_snapshot(
         self, files: Parts, *, versioned_schema: dict[str, Any], at: datetime | str, job_id: str | None = None
     ) -> SyncResult:
@@ -223,7 +247,8 @@ class DeltaDestination:
 
         started = time.monotonic()
         moment = meta.parse_watermark(at)
-        previous = self.read_state()
+        dt = self._open()
+        previous = self._state(dt)
         check_snapshot_at(previous, moment, self.uri)
         schema = parse_table_schema(versioned_schema)
         parts = read_parts(files, schema, schema, incremental=False)
@@ -247,7 +272,7 @@ class DeltaDestination:
             job_id=job_id,
         )
         write_deltalake(
-            self.uri,
+            self.uri if dt is None else dt,
             reader,
             mode="overwrite",
             schema_mode="overwrite",
@@ -259,6 +284,7 @@ class DeltaDestination:
             "snapshot", counter.rows, 0, 0, counter, list(parts), moment, schema, job_id, tally, (), started
         )
 
+    @_serialized
     def apply_incremental(
         self,
         files: Parts,
@@ -275,11 +301,12 @@ class DeltaDestination:
             and enum members.
         :raises WatermarkError: the window leaves a gap or ends before the watermark.
         """
-        from deltalake import CommitProperties, DeltaTable, write_deltalake
+        from deltalake import CommitProperties, write_deltalake
 
         started = time.monotonic()
         start, end = meta.parse_watermark(since), meta.parse_watermark(until)
-        state = check_incremental_window(self.read_state(), start, end, self.uri)
+        dt = self._open()
+        state = check_incremental_window(self._state(dt), start, end, self.uri)
         schema = parse_table_schema(versioned_schema)
         change = diff_schemas(state.schema(), schema)
         if change.blocking:
@@ -290,7 +317,6 @@ class DeltaDestination:
                 new_version=change.new_version,
                 reasons=change.blocking,
             )
-        dt = DeltaTable(self.uri, storage_options=self._options)
         live = {f.name for f in pa.schema(dt.schema().to_arrow())}
         evolve = any(c.name not in live for c in schema.columns)
         parts = read_parts(files, schema, schema, incremental=True)

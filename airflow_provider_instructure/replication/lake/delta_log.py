@@ -19,8 +19,9 @@ from airflow_provider_instructure.replication.errors import ReplicationConfigErr
 from airflow_provider_instructure.replication.lake import metadata as meta
 from airflow_provider_instructure.replication.lake.storage import StorageLocation
 
-#: Commits read per round when walking the log back to our latest commit.
-HISTORY_PAGE = 25
+#: Commits read in the first round when walking the log back to our latest commit (each is
+#: one request on object storage; ours is normally the newest). Later rounds read 8x more.
+HISTORY_PAGE = 2
 
 
 def storage_error(target: str, exc: BaseException) -> ReplicationConfigError:
@@ -50,7 +51,7 @@ def latest_dap_commit(table: Any) -> tuple[dict[str, Any], datetime | None] | No
                 return commit, when
         if len(history) < limit or limit > newest:
             return None
-        limit *= 4
+        limit *= 8
 
 
 def listing(location: StorageLocation, table_uri: str) -> list[str] | None:
@@ -92,14 +93,16 @@ def probe_writable(location: StorageLocation, table_uri: str) -> None:
         except OSError as exc:
             raise ReplicationConfigError(f"{table_uri} is not writable: {exc}") from exc
         return
-    import pyarrow.fs as pafs
-    from deltalake.fs import DeltaStorageHandler
+    from deltalake._internal import DeltaFileSystemHandler
 
     try:
-        fs = pafs.PyFileSystem(DeltaStorageHandler(table_uri, location.for_deltalake()))
-        with fs.open_output_stream(name) as out:
-            out.write(b"probe")
-        fs.delete_file(name)
+        # The Rust handler itself: pyarrow's PyFileSystem wrapper hands its write() a pyarrow
+        # Buffer, which this handler refuses (pyarrow 26, deltalake 1.6).
+        handler = DeltaFileSystemHandler(table_uri, location.for_deltalake())
+        out = handler.open_output_stream(name, None)
+        out.write(b"probe")
+        out.close()
+        handler.delete_file(name)
     except Exception as exc:  # delta-rs raises its own, unrelated exception types per backend
         raise storage_error(table_uri, exc) from exc
 
