@@ -60,6 +60,7 @@ from airflow_provider_instructure.replication.lake.iceberg_catalog import (
     probe_writable,
     release,
 )
+from airflow_provider_instructure.replication.lake.iceberg_merge import merge
 from airflow_provider_instructure.replication.lake.iceberg_schema import (
     TABLE_PROPERTIES,
     dap_snapshot,
@@ -351,12 +352,13 @@ class IcebergDestination:
             txn = table.transaction()
             desired = iceberg_schema(changes.upserts.schema, keys, table.schema(), table.metadata.last_column_id)
             ddl = evolve_schema(txn, desired)
-            if existing.num_rows:
-                # Only keys the table holds: a delete costs a scan and rewrites the files it hits.
-                _quiet(txn.delete, data.match_filter(existing, keys))
             txn.set_properties(props)
-            # Always appended, even empty: the append is the snapshot that carries the watermark.
-            txn.append(changes.upserts, snapshot_properties=summary)
+            if existing.num_rows:
+                # One overwrite snapshot: files holding touched keys rewritten without them, plus the upserts.
+                merge(txn, table.io, touched_existing=existing, keys=keys, upserts=changes.upserts, summary=summary)
+            else:
+                # Nothing to remove: an append (even an empty one: it carries the new watermark).
+                txn.append(changes.upserts, snapshot_properties=summary)
         self._commit(txn, timer)
         updated = data.count_in(changes.upserts, existing, keys)
         deleted = data.count_in(changes.deletes, existing, keys)

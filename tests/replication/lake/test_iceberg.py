@@ -63,12 +63,16 @@ def test_awkward_values_types_and_plain_parquet(local_location: StorageLocation,
     assert (result.dialect, result.target, result.rows_inserted) == ("iceberg", "canvas.tricky", len(first))
     assert_same_rows(iceberg_rows(dest, TRICKY_SCHEMA), _expected(first), "snapshot")
 
+    snapshots = len(load(dest).snapshots())
     parts, want = _incremental(tmp_path, first)
     result = dest.apply_incremental(parts, versioned_schema=TRICKY_SCHEMA, since=T0, until=T1, job_id="j2")
     assert (result.rows_inserted, result.rows_updated, result.rows_deleted) == (1, len(first) - 2, 2)
     assert_same_rows(iceberg_rows(dest, TRICKY_SCHEMA), _expected(want), "incremental")
 
     table = load(dest)
+    # Deletes and upserts are one overwrite snapshot, no intermediate state to time travel to.
+    assert len(table.snapshots()) == snapshots + 1
+    assert table.current_snapshot().summary.operation.value == "overwrite"
     types = {f.name: (str(f.field_type), f.required) for f in table.schema().fields}
     assert types["id"] == ("long", True) and table.schema().identifier_field_names() == {"id"}
     assert types["small"] == ("int", False)  # Iceberg has no 16-bit integer
