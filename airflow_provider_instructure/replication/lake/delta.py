@@ -23,6 +23,7 @@ and ``VACUUM`` removes them. A rerun of the same window converges to the same ro
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -74,17 +75,34 @@ def _quote(name: str) -> str:
 
 
 class _Counter:
-    """Counts rows and bytes of the batches passing through (what the writer consumed)."""
+    """Counts rows and bytes of the batches passing through (what the writer consumed), and
+    keeps the exception the batches raised: delta-rs wraps it in a generic ``DeltaError``, and
+    the caller must see the :class:`~..errors.BadValueError` (or other error) itself."""
 
     def __init__(self) -> None:
         self.rows = 0
         self.bytes = 0
+        self.error: BaseException | None = None
 
     def wrap(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            self.rows += batch.num_rows
-            self.bytes += batch.nbytes
-            yield batch
+        try:
+            for batch in batches:
+                self.rows += batch.num_rows
+                self.bytes += batch.nbytes
+                yield batch
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+    @contextlib.contextmanager
+    def reraise(self) -> Iterator[None]:
+        """Raise the batches' own exception instead of the writer's wrapper around it."""
+        try:
+            yield
+        except Exception as exc:
+            if self.error is not None and self.error is not exc:
+                raise self.error from exc
+            raise
 
 
 class DeltaDestination:
@@ -271,15 +289,16 @@ class DeltaDestination:
             watermark=moment,
             job_id=job_id,
         )
-        write_deltalake(
-            self.uri if dt is None else dt,
-            reader,
-            mode="overwrite",
-            schema_mode="overwrite",
-            name=self._table_name,
-            storage_options=self._options,
-            commit_properties=CommitProperties(custom_metadata=custom),
-        )
+        with counter.reraise():
+            write_deltalake(
+                self.uri if dt is None else dt,
+                reader,
+                mode="overwrite",
+                schema_mode="overwrite",
+                name=self._table_name,
+                storage_options=self._options,
+                commit_properties=CommitProperties(custom_metadata=custom),
+            )
         return self._result(
             "snapshot", counter.rows, 0, 0, counter, list(parts), moment, schema, job_id, tally, (), started
         )
@@ -356,9 +375,9 @@ class DeltaDestination:
         ).when_matched_delete(delete)
         if values:
             merger = merger.when_matched_update({v: f"s.{_quote(v)}" for v in values}, upsert)
-        metrics = merger.when_not_matched_insert(
-            {c.name: f"s.{_quote(c.name)}" for c in schema.columns}, upsert
-        ).execute()
+        merger = merger.when_not_matched_insert({c.name: f"s.{_quote(c.name)}" for c in schema.columns}, upsert)
+        with counter.reraise():
+            metrics = merger.execute()
         dt.update_incremental()
         if dt.version() == before:
             # delta-rs writes no commit for a merge that changes nothing; the watermark must
