@@ -200,7 +200,7 @@ class Bench:
                 with connect(a, "postgres") as conn:
                     conn.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
             if a.keep:
-                log(f"kept {self.work} and database {self.db}")
+                log(f"kept {self.work}" + (f" and database {self.db}" if "postgres" in self.paths else ""))
             else:
                 remove(self.work)
 
