@@ -163,21 +163,26 @@ class StorageLocation:
     def for_deltalake(self) -> dict[str, str]:
         """Storage options for ``deltalake`` (delta-rs, Rust ``object_store`` keys).
 
-        On S3 the options also carry ``AWS_CONDITIONAL_PUT=etag``: a Delta commit is the
-        creation of ``_delta_log/<version>.json``, which must fail if another writer created it
-        first. delta-rs 1.x refuses to write to S3 without a way to do that (an error naming
-        ``AWS_S3_ALLOW_UNSAFE_RENAME``); conditional put (``If-None-Match: *``, supported by AWS
-        S3 since 2024, by MinIO and by moto) is the safe way, the unsafe rename is not used.
-        With an ``endpoint_url`` the bucket is addressed by path (``AWS_VIRTUAL_HOSTED_STYLE_REQUEST
-        =false``), as S3-compatible servers expect.
+        What deltalake 1.6 needs, measured against moto's S3 over HTTP:
+
+        * ``AWS_ALLOW_HTTP="true"`` for a plain-HTTP ``endpoint_url`` (MinIO, moto): without it
+          the first request fails with "builder error" (object_store refuses http:// URLs).
+          It is set only when ``allow_http`` says so.
+        * Nothing for commit safety: a Delta commit creates ``_delta_log/<version>.json`` with a
+          put-if-absent (``PutMode::Create``, ``If-None-Match: *``), which object_store sends to
+          S3 natively; neither ``AWS_S3_ALLOW_UNSAFE_RENAME`` nor a DynamoDB lock (no longer
+          supported by delta-rs) nor ``AWS_CONDITIONAL_PUT`` is required. The store must
+          honour ``If-None-Match`` (AWS S3 since 2024, MinIO, moto) for two concurrent writers
+          to be safe; this provider runs one writer per table at a time anyway.
+        * With an ``endpoint_url`` object_store addresses buckets by path, which S3-compatible
+          servers expect (its default, not set here).
         """
         out = {_DELTA_KEYS[k]: v for k, v in self.options.items() if k in _DELTA_KEYS}
-        if self.scheme in ("s3", "s3a"):
-            out.setdefault("AWS_CONDITIONAL_PUT", "etag")
-            if "allow_http" in self.options:
-                out["AWS_ALLOW_HTTP"] = "true" if _truthy(self.options["allow_http"]) else "false"
-            if "endpoint_url" in self.options:
-                out.setdefault("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "false")
+        out.pop("AWS_ALLOW_HTTP", None)
+        if "allow_http" in self.options:
+            # S3's spelling; the other backends take object_store's generic client option
+            key = "AWS_ALLOW_HTTP" if self.scheme in ("s3", "s3a") else "allow_http"
+            out[key] = "true" if _truthy(self.options["allow_http"]) else "false"
         return out
 
     def for_pyiceberg(self) -> dict[str, str]:
