@@ -220,6 +220,10 @@ class Bench:
                 measured.peak_rss_mb - base, written / 1e6, size / 1e6,
             ]
         )  # fmt: skip
+        log(
+            f"{spec.path} {step}: apply {inner:.1f} s ({rows / inner:,.0f} rows/s), process {measured.seconds:.1f} s, "
+            f"peak RSS {measured.peak_rss_mb:.0f} MB, {written / 1e6:.1f} MB written"
+        )  # a failure in a later path still leaves this path's figures in the log
         seconds = out["result"]["seconds"]
         self.phases.append([step, spec.path, ", ".join(f"{k} {v:.2f}" for k, v in seconds.items())])
         result = out["result"]
