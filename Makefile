@@ -19,7 +19,7 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.stamp-demo: $(VENV)/bin/python pyproject.toml Makefile
-	$(PIP) install "apache-airflow==$(AIRFLOW_VERSION)" -e ".[sqlite,parquet]"
+	$(PIP) install "apache-airflow==$(AIRFLOW_VERSION)" -e ".[sqlite,parquet,delta]"
 	touch $@
 
 $(VENV)/.stamp-test: $(VENV)/bin/python pyproject.toml Makefile
