@@ -39,7 +39,6 @@ No Airflow, no HTTP.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -60,7 +59,7 @@ from airflow_provider_instructure.replication.lake.iceberg_catalog import (
     probe_writable,
     release,
 )
-from airflow_provider_instructure.replication.lake.iceberg_merge import merge
+from airflow_provider_instructure.replication.lake.iceberg_merge import merge, replace_all
 from airflow_provider_instructure.replication.lake.iceberg_schema import (
     TABLE_PROPERTIES,
     dap_snapshot,
@@ -291,12 +290,11 @@ class IcebergDestination:
                 if not same_columns(new, table.schema()):
                     stage_schema(txn, new)
                     ddl.append(f"replace schema (v{schema.version})")
-                if table.current_snapshot() is not None:
-                    from pyiceberg.expressions import AlwaysTrue
-
-                    _quiet(txn.delete, AlwaysTrue())  # every data file is dropped, none rewritten
                 txn.set_properties(props)
-            txn.append(reader, snapshot_properties=summary)
+            if table is None or table.current_snapshot() is None:
+                txn.append(reader, snapshot_properties=summary)
+            else:
+                replace_all(txn, table.io, rows=reader, summary=summary)  # one snapshot: old files out, new in
         self._commit(txn, timer)
         return self._result("snapshot", counter.rows, 0, 0, parts, timer, at, schema, job_id, ddl, tally, counter)
 
@@ -488,14 +486,6 @@ class IcebergDestination:
 
 def _keys(schema: TableSchema) -> list[str]:
     return [c.name for c in schema.key_columns]
-
-
-def _quiet(call: Callable[..., Any], *args: Any) -> Any:
-    # pyiceberg warns "Delete operation did not match any records" for a delete that finds
-    # nothing: routine here (keys new to the table, or a rebuild of an empty table).
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Delete operation did not match any records")
-        return call(*args)
 
 
 def _first_line(exc: BaseException) -> str:

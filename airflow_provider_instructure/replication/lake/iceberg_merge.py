@@ -1,4 +1,4 @@
-"""An incremental's deletes and upserts as ONE Iceberg ``overwrite`` snapshot.
+"""A sync's row changes as ONE Iceberg ``overwrite`` snapshot (incremental merge, snapshot replace).
 
 pyiceberg's ``Transaction.delete`` + ``append`` would stage two or three snapshots (a delete,
 an overwrite for the files it must rewrite, an append) in the sync's commit: correct, since the
@@ -77,4 +77,27 @@ def merge(
     return rewritten
 
 
-__all__ = ["merge"]
+def replace_all(txn: Any, io: Any, *, rows: pa.RecordBatchReader, summary: dict[str, str]) -> None:
+    """Stage, in ``txn``, one overwrite snapshot removing every data file of the table and adding
+    ``rows`` (streamed into data files as they are read): a snapshot rebuild of an existing
+    table, with no empty intermediate snapshot.
+
+    :param rows: the snapshot's rows in the table's (possibly just replaced) schema.
+    """
+    from pyiceberg.expressions import AlwaysTrue
+    from pyiceberg.io.pyarrow import _dataframe_to_data_files
+    from pyiceberg.table import DataScan
+
+    metadata = txn.table_metadata
+    with txn.update_snapshot(snapshot_properties=summary).overwrite() as overwrite:
+        if metadata.current_snapshot() is not None:
+            overwrite.delete_by_predicate(AlwaysTrue())
+            for task in DataScan(table_metadata=metadata, io=io).plan_files():
+                overwrite.delete_data_file(task.file)
+        for data_file in _dataframe_to_data_files(
+            table_metadata=metadata, df=rows, io=io, write_uuid=overwrite.commit_uuid
+        ):
+            overwrite.append_data_file(data_file)
+
+
+__all__ = ["merge", "replace_all"]

@@ -171,8 +171,10 @@ def test_schema_evolves_in_the_commit_or_needs_a_snapshot(local_location: Storag
     for values in rows3.values():
         values[COLUMNS.index("small")] = None if values[COLUMNS.index("small")] is None else "s"
     snap = [write_part(tmp_path / "v3" / "part-00000.tsv", [*HEADER, "value.note"], [[T1, *r] for r in rows3.values()])]
+    snapshots = len(load(dest).snapshots())
     dest.apply_snapshot(snap, versioned_schema=v3, at=T1)
     table = load(dest)
+    assert len(table.snapshots()) == snapshots + 1, "old rows out and new rows in: one snapshot"
     assert str(table.schema().find_field("small").field_type) == "string"
     assert len(table.metadata.metadata_log) == commits + 2
     assert len(iceberg_rows(dest, v3)) == len(rows3)
