@@ -23,11 +23,12 @@ Guarantees (the same as the SQL targets'):
   A failure before it leaves the table at its previous snapshot (the files written are orphans
   that no snapshot references); a rerun of the same window converges.
 * **Snapshot:** a new table is created and filled in one commit (pyiceberg's create-table
-  transaction); an existing one is overwritten, with the new schema if it changed, in one
-  commit. Readers see the old rows until the commit and the new ones after it.
-* **Incremental:** the rows of every key the result touches are deleted (``D`` and ``U`` keys;
-  pyiceberg deletes copy-on-write: a data file holding such a key is rewritten without it),
-  then the ``U`` rows are appended; additive schema changes evolve the schema first, in the
+  transaction); an existing one gets the new schema if it changed and one ``overwrite``
+  snapshot (every old data file out, the new ones in). Readers see the old rows until the
+  commit and the new ones after it.
+* **Incremental:** one ``overwrite`` snapshot (:mod:`.iceberg_merge`): each data file holding a
+  key the result touches (``D`` and ``U`` keys) is rewritten without it (copy-on-write, no
+  delete files), and the ``U`` rows are added; additive schema changes evolve the schema in the
   same commit. Other changes raise :class:`~..errors.SchemaChangeRequiresSnapshot`.
 * **Concurrency:** the commit is optimistic (the catalog row is updated only if it still points
   at the metadata the sync started from): a concurrent writer makes the second commit fail with
@@ -54,10 +55,13 @@ from airflow_provider_instructure.replication.lake import iceberg_data as data
 from airflow_provider_instructure.replication.lake import metadata as meta
 from airflow_provider_instructure.replication.lake.iceberg_catalog import (
     default_catalog_uri,
+    first_line,
     masked_url,
+    namespace_exists,
     open_catalog,
     probe_writable,
     release,
+    same_place,
 )
 from airflow_provider_instructure.replication.lake.iceberg_merge import merge, replace_all
 from airflow_provider_instructure.replication.lake.iceberg_schema import (
@@ -170,7 +174,7 @@ class IcebergDestination:
                     "catalog_namespace"
                 )
             where = existing.location()
-            if not _same_place(where, self.table_location):
+            if not same_place(where, self.table_location):
                 raise ReplicationConfigError(
                     f"Iceberg table {self.target_name} is at {where}, not under the destination path "
                     f"{self.location.uri}; use the destination path it was created with, or drop the table"
@@ -393,11 +397,11 @@ class IcebergDestination:
             catalog.create_namespace_if_not_exists(self.catalog_namespace)
         except Exception as exc:
             # A concurrent sync may have created it between pyiceberg's check and its insert.
-            if _namespace_exists(catalog, self.catalog_namespace):
+            if namespace_exists(catalog, self.catalog_namespace):
                 return
             raise ReplicationConfigError(
                 f"cannot create the Iceberg namespace {self.catalog_namespace!r} in the catalog at "
-                f"{masked_url(self.catalog_uri)}: {type(exc).__name__}: {_first_line(exc)}"
+                f"{masked_url(self.catalog_uri)}: {type(exc).__name__}: {first_line(exc)}"
             ) from None
 
     def _load(self) -> Table | None:
@@ -486,25 +490,6 @@ class IcebergDestination:
 
 def _keys(schema: TableSchema) -> list[str]:
     return [c.name for c in schema.key_columns]
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else ""
-
-
-def _namespace_exists(catalog: Any, namespace: str) -> bool:
-    try:
-        return bool(catalog.namespace_exists(namespace))
-    except Exception:
-        return False
-
-
-def _same_place(found: str, expected: str) -> bool:
-    def norm(uri: str) -> str:
-        return uri.removeprefix("file://").rstrip("/")
-
-    return norm(found) == norm(expected)
 
 
 __all__ = ["IcebergDestination"]

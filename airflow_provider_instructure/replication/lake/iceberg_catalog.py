@@ -143,7 +143,7 @@ def open_catalog(location: StorageLocation, catalog_uri: str) -> SqlCatalog:
         except Exception as exc:
             raise ReplicationConfigError(
                 f"cannot open the Iceberg SQL catalog at {masked_url(catalog_uri)}: {type(exc).__name__}: "
-                f"{scrub(_first_line(exc), catalog_uri)}"
+                f"{scrub(first_line(exc), catalog_uri)}"
             ) from None  # the driver's exception may carry the URL with its password
         _catalogs[key] = catalog
         return catalog
@@ -173,13 +173,31 @@ def probe_writable(catalog: Any, table_location: str) -> None:
         io.delete(probe)
     except Exception as exc:
         raise ReplicationConfigError(
-            f"cannot write to the Iceberg location {table_location}: {type(exc).__name__}: {_first_line(exc)}"
+            f"cannot write to the Iceberg location {table_location}: {type(exc).__name__}: {first_line(exc)}"
         ) from None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, cut to 300 characters."""
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else ""
+
+
+def namespace_exists(catalog: Any, namespace: str) -> bool:
+    """Whether the catalog has ``namespace`` (False if it cannot tell)."""
+    try:
+        return bool(catalog.namespace_exists(namespace))
+    except Exception:
+        return False
+
+
+def same_place(found: str, expected: str) -> bool:
+    """Whether two table locations name the same place (``file://`` and trailing ``/`` aside)."""
+
+    def norm(uri: str) -> str:
+        return uri.removeprefix("file://").rstrip("/")
+
+    return norm(found) == norm(expected)
 
 
 __all__ = [
@@ -187,10 +205,13 @@ __all__ = [
     "DEFAULT_SQLITE_FILE",
     "default_catalog_uri",
     "file_io_properties",
+    "first_line",
     "masked_url",
+    "namespace_exists",
     "open_catalog",
     "probe_writable",
     "release",
+    "same_place",
     "scrub",
     "warehouse_uri",
 ]
