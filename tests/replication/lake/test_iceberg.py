@@ -21,6 +21,7 @@ from airflow_provider_instructure.replication.errors import (
 )
 from airflow_provider_instructure.replication.lake.iceberg import IcebergDestination
 from airflow_provider_instructure.replication.lake.storage import StorageLocation
+from airflow_provider_instructure.replication.part_feed import StreamedParts
 from tests.replication.conftest import PG, SESSION, pg_connect
 from tests.replication.lake.iceberg_helpers import iceberg_rows, load, reader_catalog
 from tests.replication.repl_helpers import assert_same_rows, write_part
@@ -57,9 +58,16 @@ def _incremental(tmp_path: Path, first: dict[int, list[Any]]) -> tuple[list[Path
 
 
 def test_awkward_values_types_and_plain_parquet(local_location: StorageLocation, tmp_path: Path) -> None:
-    dest = IcebergDestination(local_location, "canvas", "tricky")
+    from airflow_provider_instructure.replication import lake
+
+    dest = lake.IcebergDestination(local_location, "canvas", "tricky")  # the package's lazy export
     first = _rows(0)
-    result = dest.apply_snapshot(_snapshot_parts(tmp_path, first), versioned_schema=TRICKY_SCHEMA, at=T0, job_id="j1")
+    # Streamed parts (the operator's pipelined download): each released once its rows are read.
+    paths = _snapshot_parts(tmp_path, first)
+    released: list[Path] = []
+    streamed = StreamedParts(iter(paths), total=len(paths), loaded=released.append)
+    result = dest.apply_snapshot(streamed, versioned_schema=TRICKY_SCHEMA, at=T0, job_id="j1")
+    assert released == paths and result.files == len(paths)
     assert (result.dialect, result.target, result.rows_inserted) == ("iceberg", "canvas.tricky", len(first))
     assert_same_rows(iceberg_rows(dest, TRICKY_SCHEMA), _expected(first), "snapshot")
 
