@@ -364,7 +364,6 @@ class DeltaDestination:
         values = [c.name for c in schema.value_columns]
         on = " AND ".join(f"t.{_quote(k)} = s.{_quote(k)}" for k in keys)
         upsert, delete = f"s.{_quote(OP_COLUMN)} = 'U'", f"s.{_quote(OP_COLUMN)} = 'D'"
-        before = dt.version()
         merger = dt.merge(
             reader,
             on,
@@ -378,10 +377,12 @@ class DeltaDestination:
         merger = merger.when_not_matched_insert({c.name: f"s.{_quote(c.name)}" for c in schema.columns}, upsert)
         with counter.reraise():
             metrics = merger.execute()
-        dt.update_incremental()
-        if dt.version() == before:
-            # delta-rs writes no commit for a merge that changes nothing; the watermark must
-            # still move, so commit the metadata (and a new nullable column) with no rows.
+        if not (metrics.get("num_target_files_added") or metrics.get("num_target_files_removed")):
+            # delta-rs writes no commit for a merge that adds and removes no file (nothing
+            # changed); the watermark must still move, so commit the metadata (and a new
+            # nullable column) with no rows. Judged from the merge's own metrics, not the table
+            # version, which another writer (OPTIMIZE...) may have moved meanwhile.
+            dt.update_incremental()
             empty = pa.Table.from_batches([], schema=arrow_schema(schema))
             write_deltalake(
                 dt,
