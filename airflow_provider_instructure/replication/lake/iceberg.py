@@ -350,17 +350,14 @@ class IcebergDestination:
         assert table is not None  # check_incremental_window refuses a missing table
         keys = _keys(schema)
         with timer.phase("merge"):
-            existing = data.existing_keys(table, changes.touched, keys)
             txn = table.transaction()
             desired = iceberg_schema(changes.upserts.schema, keys, table.schema(), table.metadata.last_column_id)
             ddl = evolve_schema(txn, desired)
             txn.set_properties(props)
-            if existing.num_rows:
-                # One overwrite snapshot: files holding touched keys rewritten without them, plus the upserts.
-                merge(txn, table.io, touched_existing=existing, keys=keys, upserts=changes.upserts, summary=summary)
-            else:
-                # Nothing to remove: an append (even an empty one: it carries the new watermark).
-                txn.append(changes.upserts, snapshot_properties=summary)
+            # One snapshot: files holding touched keys rewritten without them, plus the upserts.
+            existing = merge(
+                txn, table.io, touched=changes.touched, keys=keys, upserts=changes.upserts, summary=summary
+            )
         self._commit(txn, timer)
         updated = data.count_in(changes.upserts, existing, keys)
         deleted = data.count_in(changes.deletes, existing, keys)

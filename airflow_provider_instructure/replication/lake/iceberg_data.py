@@ -19,7 +19,6 @@ from airflow_provider_instructure.replication.values import ValueTally
 if TYPE_CHECKING:
     import pyarrow as pa
     from pyiceberg.expressions import BooleanExpression
-    from pyiceberg.table import Table
 
 #: The operation column of incremental batches (:mod:`.arrow`).
 OP = lake_arrow.OP_COLUMN
@@ -120,18 +119,12 @@ def match_filter(key_rows: pa.Table, keys: list[str]) -> BooleanExpression:
     return terms[0] if len(terms) == 1 else Or(*terms)
 
 
-def existing_keys(table: Table, key_rows: pa.Table, keys: list[str]) -> pa.Table:
-    """Which of ``key_rows`` the table holds now (for the inserted/updated/deleted counts)."""
-    if key_rows.num_rows == 0 or table.current_snapshot() is None:
-        return key_rows.slice(0, 0)
-    return table.scan(row_filter=match_filter(key_rows, keys), selected_fields=tuple(keys)).to_arrow()
-
-
 def count_in(rows: pa.Table, existing: pa.Table, keys: list[str]) -> int:
     """How many of ``rows``' keys are among ``existing``'s."""
     if rows.num_rows == 0 or existing.num_rows == 0:
         return 0
-    joined = rows.select(keys).join(existing.select(keys).group_by(keys).aggregate([]), keys, join_type="inner")
+    theirs = existing.select(keys).group_by(keys).aggregate([]).cast(rows.select(keys).schema)
+    joined = rows.select(keys).join(theirs, keys, join_type="inner")
     return joined.num_rows
 
 
@@ -140,7 +133,6 @@ __all__ = [
     "Changes",
     "RowCounter",
     "count_in",
-    "existing_keys",
     "last_per_key",
     "match_filter",
     "read_changes",

@@ -28,53 +28,72 @@ if TYPE_CHECKING:
 
 
 def merge(
-    txn: Any, io: Any, *, touched_existing: pa.Table, keys: list[str], upserts: pa.Table, summary: dict[str, str]
-) -> int:
-    """Stage, in ``txn``, one overwrite snapshot removing every row whose key is in
-    ``touched_existing`` and adding ``upserts``.
+    txn: Any, io: Any, *, touched: pa.Table, keys: list[str], upserts: pa.Table, summary: dict[str, str]
+) -> pa.Table:
+    """Stage, in ``txn``, the removal of every row whose key is in ``touched`` and the addition
+    of ``upserts``, as one snapshot: an ``overwrite`` when rows were removed, else an ``append``
+    (even an empty one: it carries the new watermark).
+
+    The data files that may hold a touched key are read once: their rows without those keys are
+    written to new files right away (only the new files' metadata is kept, not their rows), and
+    the keys removed are returned for the counts.
 
     :param txn: the sync's transaction (schema changes already staged in it).
     :param io: the table's FileIO.
-    :param touched_existing: the key columns of the rows to remove (keys the table holds).
+    :param touched: the key columns of every record of the result (``U`` and ``D``).
     :param upserts: the rows to add, the table's columns.
     :param summary: snapshot summary properties.
-    :returns: how many data files were rewritten.
+    :returns: the key columns of the rows removed (the keys the table held).
     """
+    import uuid
+
+    import pyarrow as pa
     from pyiceberg.expressions import AlwaysTrue
     from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
     from pyiceberg.table import DataScan
 
     metadata = txn.table_metadata  # read once: every access re-applies the staged updates
+    commit_uuid = uuid.uuid4()
     counter = itertools.count(0)  # file names: <commit uuid>-<n>; shared by every write below
-    rewritten = 0
+    removed_files: list[Any] = []
+    added_files: list[Any] = []
+    removed_keys: list[pa.Table] = []
+    where = None
+    if touched.num_rows and metadata.current_snapshot() is not None:
+        distinct = touched.group_by(keys).aggregate([])
+        where = match_filter(distinct, keys)
+        for task in DataScan(table_metadata=metadata, io=io, row_filter=where).plan_files():
+            rows = ArrowScan(
+                table_metadata=metadata, io=io, projected_schema=metadata.schema(), row_filter=AlwaysTrue()
+            ).to_table(tasks=[task])
+            hit = rows.select(keys).join(distinct.cast(rows.select(keys).schema), keys, join_type="left semi")
+            if hit.num_rows == 0:
+                continue  # the statistics could not rule the file out, but no touched key is in it
+            kept = rows.join(distinct.cast(rows.select(keys).schema), keys, join_type="left anti")
+            removed_files.append(task.file)
+            removed_keys.append(hit)
+            if kept.num_rows:
+                added_files += _dataframe_to_data_files(
+                    table_metadata=metadata, df=kept, io=io, write_uuid=commit_uuid, counter=counter
+                )
+    if not removed_files:
+        txn.append(upserts, snapshot_properties=summary)
+        return touched.slice(0, 0)
     with txn.update_snapshot(snapshot_properties=summary).overwrite() as overwrite:
-        if touched_existing.num_rows:
-            distinct = touched_existing.group_by(keys).aggregate([])
-            where = match_filter(distinct, keys)
-            # As in pyiceberg's delete: the predicate selects the manifests to look in; only the
-            # files passed to delete_data_file are removed from them.
-            overwrite.delete_by_predicate(where)
-            tasks = DataScan(table_metadata=metadata, io=io, row_filter=where).plan_files()
-            for task in tasks:
-                rows = ArrowScan(
-                    table_metadata=metadata, io=io, projected_schema=metadata.schema(), row_filter=AlwaysTrue()
-                ).to_table(tasks=[task])
-                kept = rows.join(distinct.cast(rows.select(keys).schema), keys, join_type="left anti")
-                if kept.num_rows == rows.num_rows:
-                    continue  # the statistics could not rule the file out, but no key is in it
-                overwrite.delete_data_file(task.file)
-                rewritten += 1
-                if kept.num_rows:
-                    for data_file in _dataframe_to_data_files(
-                        table_metadata=metadata, df=kept, io=io, write_uuid=overwrite.commit_uuid, counter=counter
-                    ):
-                        overwrite.append_data_file(data_file)
+        overwrite.commit_uuid = commit_uuid  # as pyiceberg's delete does: the files above carry it
+        # As in pyiceberg's delete: the predicate selects the manifests to look in; only the
+        # files passed to delete_data_file are removed from them.
+        overwrite.delete_by_predicate(where)
+        for data_file in removed_files:
+            overwrite.delete_data_file(data_file)
+        for data_file in added_files:
+            overwrite.append_data_file(data_file)
         if upserts.num_rows:
             for data_file in _dataframe_to_data_files(
-                table_metadata=metadata, df=upserts, io=io, write_uuid=overwrite.commit_uuid, counter=counter
+                table_metadata=metadata, df=upserts, io=io, write_uuid=commit_uuid, counter=counter
             ):
                 overwrite.append_data_file(data_file)
-    return rewritten
+    return pa.concat_tables(removed_keys)
 
 
 def replace_all(txn: Any, io: Any, *, rows: pa.RecordBatchReader, summary: dict[str, str]) -> None:
