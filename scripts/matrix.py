@@ -187,8 +187,13 @@ def install_lines(cell: Cell) -> list[list[str]]:
     return [first, ["install", "--no-deps", "apache-airflow-providers-mysql>=6.0"]]
 
 
-def build(cell: Cell, log: Path) -> bool:
-    """Create or reuse the cell's venv; the stamp holds the install lines it was built with."""
+def build(cell: Cell, log: Path, installer: str = "pip") -> bool:
+    """Create or reuse the cell's venv; the stamp holds the install lines it was built with.
+
+    :param installer: ``pip`` or ``uv`` (``uv pip install``, bootstrapped into the venv by pip:
+        the same install lines and ``-c`` constraints, the same resolved versions, minutes faster).
+        The stamp does not record it: either installer builds the venv those lines describe.
+    """
     stamp = cell.venv / ".stamp-matrix"
     lines = install_lines(cell)
     pins = pins_for(cell.airflow)
@@ -201,9 +206,17 @@ def build(cell: Cell, log: Path) -> bool:
             subprocess.run([find_python(cell.python), "-m", "venv", str(cell.venv)], check=True, stdout=out, stderr=out)
         if pins:
             (cell.venv / "matrix-constraints.txt").write_text("\n".join(pins) + "\n")
-        pip = [str(cell.venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
+        python = str(cell.venv / "bin" / "python")
+        pip = [python, "-m", "pip", "--disable-pip-version-check", "-q"]
+        if installer == "uv":
+            if subprocess.run([*pip, "install", "uv"], stdout=out, stderr=out).returncode != 0:
+                cell.build_seconds = time.monotonic() - start
+                return False
+            # uv reads PyPI itself (not pip's config); --python: the cell's interpreter, not uv's own venv
+            pip = [str(cell.venv / "bin" / "uv"), "pip"]
+            lines = [[line[0], "-q", "--python", python, *line[1:]] for line in lines]
         for line in lines:
-            out.write(f"$ pip {shlex.join(line)}\n")
+            out.write(f"$ {installer} {shlex.join(line)}\n")
             out.flush()
             if subprocess.run(pip + line, stdout=out, stderr=out).returncode != 0:
                 cell.build_seconds = time.monotonic() - start
@@ -299,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--pytest-args", default="", help="extra pytest arguments, one string")
     parser.add_argument("--build-only", action="store_true", help="build the venvs, run nothing")
+    parser.add_argument(
+        "--installer", choices=["pip", "uv"], default="pip", help="what installs a venv it builds (CI: uv)"
+    )
     parser.add_argument("--list", action="store_true", help="print the cells and exit")
     parser.add_argument("--report", action="store_true", help="print the table of the cells' last results, run nothing")
     parser.add_argument(
@@ -326,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         log = MATRIX_DIR / f"{cell.name}.log"
         log.write_text("")
         print(f"== {cell.name} ({cell.label}): building", flush=True)
-        if not build(cell, log):
+        if not build(cell, log, args.installer):
             cell.status = "BUILD FAILED"
             cell.notes.append(f"see {log.relative_to(REPO)}")
             print(f"   build failed after {cell.build_seconds:.0f} s, see {log}", flush=True)
