@@ -65,6 +65,7 @@ from airflow_provider_instructure.replication.lake.iceberg_catalog import (
 )
 from airflow_provider_instructure.replication.lake.iceberg_merge import merge, replace_all
 from airflow_provider_instructure.replication.lake.iceberg_schema import (
+    SYNC_PROPERTIES,
     TABLE_PROPERTIES,
     dap_snapshot,
     evolve_schema,
@@ -294,7 +295,7 @@ class IcebergDestination:
                 if not same_columns(new, table.schema()):
                     stage_schema(txn, new)
                     ddl.append(f"replace schema (v{schema.version})")
-                txn.set_properties(props)
+                txn.set_properties({**props, **SYNC_PROPERTIES})
             if table is None or table.current_snapshot() is None:
                 txn.append(reader, snapshot_properties=summary)
             else:
@@ -353,7 +354,7 @@ class IcebergDestination:
             txn = table.transaction()
             desired = iceberg_schema(changes.upserts.schema, keys, table.schema(), table.metadata.last_column_id)
             ddl = evolve_schema(txn, desired)
-            txn.set_properties(props)
+            txn.set_properties({**props, **SYNC_PROPERTIES})
             # One snapshot: files holding touched keys rewritten without them, plus the upserts.
             existing = merge(
                 txn, table.io, touched=changes.touched, keys=keys, upserts=changes.upserts, summary=summary

@@ -41,8 +41,16 @@ if TYPE_CHECKING:
 #: the snapshot summary).
 PROPERTY_KEYS = (meta.NAMESPACE, meta.TABLE, meta.SCHEMA_VERSION, meta.SCHEMA, meta.WRITER)
 SUMMARY_KEYS = (meta.NAMESPACE, meta.TABLE, meta.WATERMARK, meta.SCHEMA_VERSION, meta.MODE, meta.JOB_ID, meta.WRITER)
+#: Set by every sync. pyiceberg retries a commit that lost a race by re-basing the sync's
+#: snapshot on the new head; but the sync checked its window against the watermark it read and
+#: chose the files to rewrite from the snapshot it read, and a concurrent sync may have moved
+#: both (re-basing would apply older rows over newer ones, or append the same new keys twice).
+#: No retry: the commit fails (ConcurrentReplicationError) and the task's retry starts over.
+#: pyiceberg reads it from the committed metadata, Java writers too (their conflicts on these
+#: tables are not retried either: rerun a failed compaction).
+SYNC_PROPERTIES = {"commit.retry.num-retries": "0"}
 #: Written on every table we create (pyiceberg's defaults otherwise).
-TABLE_PROPERTIES = {"format-version": "2", "write.parquet.compression-codec": "zstd"}
+TABLE_PROPERTIES = {"format-version": "2", "write.parquet.compression-codec": "zstd", **SYNC_PROPERTIES}
 
 
 def split_metadata(pairs: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -174,6 +182,7 @@ def summary_properties(snapshot: Snapshot) -> dict[str, str]:
 __all__ = [
     "PROPERTY_KEYS",
     "SUMMARY_KEYS",
+    "SYNC_PROPERTIES",
     "TABLE_PROPERTIES",
     "dap_snapshot",
     "evolve_schema",

@@ -273,3 +273,34 @@ def test_postgres_catalog_with_files_on_s3(pg_catalog_uri: str, s3_location: Sto
     assert state is not None and state.watermark == T1 and state.schema_version == TRICKY_SCHEMA["version"]
     again.close()
     reader_catalog(dest).engine.dispose()
+
+
+def test_a_concurrent_commit_fails_the_sync_cleanly(
+    local_location: StorageLocation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer commits between the sync's reads and its commit: the catalog's optimistic
+    check refuses the sync's commit, nothing of it is applied, the retry converges."""
+    from airflow_provider_instructure.replication.errors import ConcurrentReplicationError
+    from airflow_provider_instructure.replication.lake import iceberg as iceberg_module
+
+    dest = IcebergDestination(local_location, "canvas", "tricky")
+    first = _rows(0)
+    dest.apply_snapshot(_snapshot_parts(tmp_path, first), versioned_schema=TRICKY_SCHEMA, at=T0)
+    parts, want = _incremental(tmp_path, first)
+    original = iceberg_module.merge
+
+    def merge_then_race(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        table = load(dest)
+        table.append(table.scan(limit=0).to_arrow())  # the other writer's commit lands first
+        return out
+
+    with monkeypatch.context() as patch:
+        patch.setattr(iceberg_module, "merge", merge_then_race)
+        with pytest.raises(ConcurrentReplicationError):
+            dest.apply_incremental(parts, versioned_schema=TRICKY_SCHEMA, since=T0, until=T1)
+    assert_same_rows(iceberg_rows(dest, TRICKY_SCHEMA), _expected(first), "after the refused commit")
+    assert dest.read_state().watermark == T0  # type: ignore[union-attr]
+    dest.apply_incremental(parts, versioned_schema=TRICKY_SCHEMA, since=T0, until=T1)
+    assert_same_rows(iceberg_rows(dest, TRICKY_SCHEMA), _expected(want), "retry")
+    dest.close()
