@@ -8,6 +8,9 @@ AIRFLOW_VERSION ?= 3.3.2
 DAP_CLIENT_VERSION ?= 2.3.1
 PYTEST_ARGS ?=
 PIP = $(VENV)/bin/pip --disable-pip-version-check -q
+# The installs go through uv (pip-compatible, resolves the same versions, ~25 s instead of 3-4 min for
+# the test venv on two cores); pip only bootstraps uv into the venv. uv reads PyPI itself, not pip's config.
+UV = $(VENV)/bin/uv pip install -q
 
 export AIRFLOW_HOME ?= $(CURDIR)/.airflow-home
 export AIRFLOW__CORE__LOAD_EXAMPLES = False
@@ -18,21 +21,25 @@ export DAP_TRACKING = false
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.stamp-demo: $(VENV)/bin/python pyproject.toml Makefile
-	$(PIP) install "apache-airflow==$(AIRFLOW_VERSION)" -e ".[sqlite,parquet,delta]"
+$(VENV)/bin/uv: $(VENV)/bin/python
+	$(PIP) install uv
+
+$(VENV)/.stamp-demo: $(VENV)/bin/uv pyproject.toml Makefile
+	$(UV) --python $(VENV)/bin/python "apache-airflow==$(AIRFLOW_VERSION)" -e ".[sqlite,parquet,delta]"
 	touch $@
 
-$(VENV)/.stamp-test: $(VENV)/bin/python pyproject.toml Makefile
-	$(PIP) install "apache-airflow==$(AIRFLOW_VERSION)" -e ".[test]"
+$(VENV)/.stamp-test: $(VENV)/bin/uv pyproject.toml Makefile
+	$(UV) --python $(VENV)/bin/python "apache-airflow==$(AIRFLOW_VERSION)" -e ".[test]"
 	# mysqlclient (a hard dependency of the MySQL provider) needs C headers; the provider
 	# runs on mysql-connector-python, which [test] installs.
-	$(PIP) install --no-deps "apache-airflow-providers-mysql>=6.0"
+	$(UV) --python $(VENV)/bin/python --no-deps "apache-airflow-providers-mysql>=6.0"
 	touch $@ $(VENV)/.stamp-demo
 
-# The official client pins exact versions that conflict with Airflow's, so it gets its own venv.
-$(DAP_VENV)/.stamp: Makefile
+# The official client pins exact versions that conflict with Airflow's, so it gets its own venv
+# (installed by the main venv's uv).
+$(DAP_VENV)/.stamp: $(VENV)/bin/uv Makefile
 	$(PYTHON) -m venv $(DAP_VENV)
-	$(DAP_VENV)/bin/pip --disable-pip-version-check -q install "instructure-dap-client[postgresql,mysql]==$(DAP_CLIENT_VERSION)"
+	$(UV) --python $(DAP_VENV)/bin/python "instructure-dap-client[postgresql,mysql]==$(DAP_CLIENT_VERSION)"
 	touch $@
 
 # The demo serves the emulator's core 15 tables; `make demo DEMO_ARGS=--all-tables` serves all 91.

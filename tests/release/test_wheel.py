@@ -203,24 +203,16 @@ def clean_venv(dist: Dist, tmp_path_factory: pytest.TempPathFactory) -> CleanVen
     pip_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # keep the machine's pip settings
     started = time.monotonic()
     airflow = f"apache-airflow=={metadata.version('apache-airflow')}"
-    _run(
-        [
-            venv.bin("python"),
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            "-c",
-            constraints,
-            dist.wheel,
-            airflow,
-        ],
-        timeout=900,
-        env=pip_env,
-        cwd=root,
-    )
-    print(f"clean venv: wheel + apache-airflow installed in {time.monotonic() - started:.0f} s")
+    # The suite's venv has uv (make test installs through it): the same install, ~10x faster than
+    # pip on two cores. It installs only into --python; the clean venv itself gets no uv.
+    uv = Path(sys.executable).parent / "uv"
+    if uv.exists():
+        installer: list[str | Path] = [uv, "pip", "install", "-q", "--python", venv.bin("python")]
+    else:
+        installer = [venv.bin("python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    _run([*installer, "-c", constraints, dist.wheel, airflow], timeout=900, env=pip_env, cwd=root)
+    took = time.monotonic() - started
+    print(f"clean venv: wheel + apache-airflow installed by {Path(installer[0]).name} in {took:.0f} s")
     return venv
 
 
