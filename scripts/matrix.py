@@ -202,8 +202,10 @@ def build(cell: Cell, log: Path, installer: str = "pip") -> bool:
         return True
     start = time.monotonic()
     with log.open("a") as out:
-        if not (cell.venv / "bin" / "python").exists():
-            subprocess.run([find_python(cell.python), "-m", "venv", str(cell.venv)], check=True, stdout=out, stderr=out)
+        # no pip: a venv whose creation was interrupted (ensurepip runs last), made again
+        if not (cell.venv / "bin" / "pip").exists():
+            create = [find_python(cell.python), "-m", "venv", "--clear", str(cell.venv)]
+            subprocess.run(create, check=True, stdout=out, stderr=out)
         if pins:
             (cell.venv / "matrix-constraints.txt").write_text("\n".join(pins) + "\n")
         python = str(cell.venv / "bin" / "python")
