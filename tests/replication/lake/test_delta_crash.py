@@ -8,7 +8,7 @@ there while the log has not advanced, the child gets SIGKILL. Then the table mus
 previous version (version, rows, :meth:`DeltaDestination.read_state`; the orphan file present,
 unreferenced, a plain Parquet file), and the same window rerun in-process must give the expected
 rows and move the watermark. Done for a snapshot over an existing table and for an incremental
-(MERGE), on a local directory and on S3 (moto over HTTP).
+(MERGE) on a local directory, and for the MERGE on S3 (moto over HTTP) too.
 
 Why the window is wide enough to hit: delta-rs writes every data file of a sync at the end, in a
 burst that lasts as long as the bytes take to encode and store, then commits (measured with
