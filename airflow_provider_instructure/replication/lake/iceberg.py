@@ -54,6 +54,7 @@ from airflow_provider_instructure.replication.errors import (
 from airflow_provider_instructure.replication.lake import iceberg_data as data
 from airflow_provider_instructure.replication.lake import metadata as meta
 from airflow_provider_instructure.replication.lake.iceberg_catalog import (
+    check_location_free,
     default_catalog_uri,
     first_line,
     masked_url,
@@ -63,7 +64,7 @@ from airflow_provider_instructure.replication.lake.iceberg_catalog import (
     release,
     same_place,
 )
-from airflow_provider_instructure.replication.lake.iceberg_merge import merge, replace_all
+from airflow_provider_instructure.replication.lake.iceberg_merge import append_all, merge, replace_all
 from airflow_provider_instructure.replication.lake.iceberg_schema import (
     SYNC_PROPERTIES,
     TABLE_PROPERTIES,
@@ -154,8 +155,10 @@ class IcebergDestination:
         Opens the catalog (creating its tables if the database has none, which proves write
         access to it), creates the Iceberg namespace, refuses an existing table that is not
         ours for this DAP table (no or other ``dap.namespace``/``dap.table`` properties) or that
-        lives outside the configured location, and writes and deletes a probe file where the
-        table's files go. Moves no data.
+        lives outside the configured location, writes and deletes a probe file where the
+        table's files go, and for a table not in the catalog refuses a location holding anything
+        but what an interrupted first sync leaves (a Delta table, other files, another catalog's
+        Iceberg metadata). Moves no data.
 
         :param empty_table_schema: accepted for the :class:`~..destination.Destination`
             protocol; not needed here, since an empty table of ours carries its owner in its
@@ -181,6 +184,9 @@ class IcebergDestination:
                     f"{self.location.uri}; use the destination path it was created with, or drop the table"
                 )
         probe_writable(catalog, where)
+        if existing is None:
+            # A Delta table, user files or another catalog's table there would share files with ours.
+            check_location_free(catalog, where, self.catalog_uri, self.target_name)
         self._checked = True
 
     def read_state(self) -> SyncState | None:
@@ -297,7 +303,7 @@ class IcebergDestination:
                     ddl.append(f"replace schema (v{schema.version})")
                 txn.set_properties({**props, **SYNC_PROPERTIES})
             if table is None or table.current_snapshot() is None:
-                txn.append(reader, snapshot_properties=summary)
+                append_all(txn, txn._table.io, rows=reader, summary=summary)  # bounded files, one at a time
             else:
                 replace_all(txn, table.io, rows=reader, summary=summary)  # one snapshot: old files out, new in
         self._commit(txn, timer)
