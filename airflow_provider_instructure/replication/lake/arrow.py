@@ -58,8 +58,11 @@ from airflow_provider_instructure.replication.values import (
 
 #: The incremental batches' operation column: ``U`` (upsert) or ``D`` (delete); never stored.
 OP_COLUMN = "_dap_op"
-#: Rows per RecordBatch (bounded memory; large enough for vectorized casts to pay off).
-BATCH_ROWS = 65536
+#: Rows per RecordBatch (bounded memory; large enough for vectorized casts to pay off). The
+#: rows of a batch are Python lists of str until the batch is built, about 4.5 KB a row for
+#: ``submissions``: 65,536 rows peaked at 300 MB over the imports, 16,384 at 90 MB, for the
+#: same CPU time (measured on 200k rows).
+BATCH_ROWS = 16384
 #: Decimal digits Arrow's decimal128 (and Delta/Iceberg decimals) can hold.
 MAX_DECIMAL_PRECISION = 38
 

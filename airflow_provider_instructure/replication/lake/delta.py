@@ -16,6 +16,13 @@ data and the replication state (:mod:`.metadata` keys in the commit's ``commitIn
 * **state**: the ``commitInfo`` of the newest commit of ours (walking back past OPTIMIZE,
   VACUUM and other writers' commits); nothing outside the table.
 
+**Memory**: delta-rs keeps each data file it writes in memory until the file is complete,
+and its Parquet row groups default to about a million rows; both are bounded here
+(:data:`TARGET_FILE_BYTES`, :data:`ROW_GROUP_ROWS`; the table's ``delta.targetFileSize`` for
+the MERGE, which rewrites every data file holding a touched key, copy-on-write). The MERGE's
+own DataFusion plan still peaks higher than the snapshot (measured: ``max_spill_size`` and
+``streamed_exec=False`` did not lower it).
+
 A failure before the commit (while reading parts, writing Parquet files, or a lost commit
 race) leaves the table at its previous version: the files already written are unreferenced
 and ``VACUUM`` removes them. A rerun of the same window converges to the same rows.
@@ -58,6 +65,19 @@ _log = logging.getLogger(__name__)
 _LOCK = threading.RLock()
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+#: Bytes of a data file written by a sync (delta-rs' ``target_file_size``; its default is
+#: about 100 MiB, all of it buffered in memory before the upload). 32 MiB of snappy Parquet is
+#: some 150k ``submissions`` rows: still a reasonable file for readers.
+TARGET_FILE_BYTES = 32 * 1024 * 1024
+#: Rows of a Parquet row group (delta-rs' default is 1,048,576, encoded in memory at once).
+ROW_GROUP_ROWS = 64 * 1024
+
+
+def _writer_properties() -> Any:
+    from deltalake import WriterProperties
+
+    return WriterProperties(max_row_group_size=ROW_GROUP_ROWS, compression="SNAPPY")  # delta-rs' own default
 
 
 def _serialized(method: _F) -> _F:
@@ -297,6 +317,10 @@ class DeltaDestination:
                 schema_mode="overwrite",
                 name=self._table_name,
                 storage_options=self._options,
+                target_file_size=TARGET_FILE_BYTES,
+                # The table's own target, which MERGE (no target_file_size argument) follows.
+                configuration={"delta.targetFileSize": str(TARGET_FILE_BYTES)},
+                writer_properties=_writer_properties(),
                 commit_properties=CommitProperties(custom_metadata=custom),
             )
         return self._result(
@@ -370,6 +394,7 @@ class DeltaDestination:
             source_alias="s",
             target_alias="t",
             merge_schema=evolve,
+            writer_properties=_writer_properties(),
             commit_properties=commit,
         ).when_matched_delete(delete)
         if values:
