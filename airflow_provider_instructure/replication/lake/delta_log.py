@@ -65,12 +65,14 @@ def listing(location: StorageLocation, table_uri: str) -> list[str] | None:
         if not os.path.isdir(table_uri):
             raise ReplicationConfigError(f"{table_uri} exists and is not a directory")
         return sorted(os.listdir(table_uri))
-    import pyarrow.fs as pafs
-    from deltalake.fs import DeltaStorageHandler
+    from deltalake._internal import DeltaFileSystemHandler
 
     try:
-        fs = pafs.PyFileSystem(DeltaStorageHandler(table_uri, location.for_deltalake()))
-        infos = fs.get_file_info(pafs.FileSelector("", allow_not_found=True))
+        # The Rust handler itself, not pyarrow's PyFileSystem(DeltaStorageHandler) - the
+        # filesystem behind DeltaTable.to_pyarrow_dataset, whose teardown at interpreter exit
+        # can abort the process on object storage (delta-rs issue #2184, exit -6).
+        handler = DeltaFileSystemHandler(table_uri, location.for_deltalake())
+        infos = handler.get_file_info_selector("", allow_not_found=True, recursive=False)
     except Exception as exc:  # delta-rs raises its own, unrelated exception types per backend
         raise storage_error(table_uri, exc) from exc
     names = sorted({info.path.strip("/").split("/")[0] for info in infos if info.path.strip("/")})

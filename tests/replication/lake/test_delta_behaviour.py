@@ -31,6 +31,7 @@ from airflow_provider_instructure.replication.lake.delta import DeltaDestination
 from airflow_provider_instructure.replication.lake.storage import StorageLocation
 from airflow_provider_instructure.replication.part_feed import StreamedParts
 from tests.replication.lake.conftest import S3_KEYS
+from tests.replication.lake.delta_helpers import read_delta
 from tests.replication.repl_helpers import write_part
 
 T0, T1, T2, T3 = (f"2024-05-0{d}T00:00:00Z" for d in (1, 2, 3, 4))
@@ -95,7 +96,7 @@ def incremental_part(
 
 
 def rows_of(dest: DeltaDestination) -> dict[int, dict[str, Any]]:
-    table = DeltaTable(dest.uri, storage_options=dest.location.for_deltalake()).to_pyarrow_table()
+    table = read_delta(DeltaTable(dest.uri, storage_options=dest.location.for_deltalake()))
     return {r["id"]: r for r in table.to_pylist()}
 
 
