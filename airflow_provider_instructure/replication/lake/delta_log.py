@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from datetime import datetime, timezone
 from typing import Any
@@ -24,13 +25,51 @@ from airflow_provider_instructure.replication.lake.storage import StorageLocatio
 HISTORY_PAGE = 2
 
 
-def storage_error(target: str, exc: BaseException) -> ReplicationConfigError:
-    """A storage failure as a configuration error; the message names the table, not secrets.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_XML_FIELD = re.compile(r"<(Code|Message)>([^<]{1,200})</\1>")
+#: Service error codes (S3, GCS, Azure) meaning the credentials are refused.
+_DENIED = (
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AuthorizationFailure",
+    "AuthenticationFailed",
+    "ExpiredToken",
+)
+_UNREACHABLE = ("connection refused", "tcp connect error", "dns error", "timed out", "error sending request")
 
-    delta-rs errors quote URLs and the failing request, never the storage options.
+
+def storage_error(target: str, exc: BaseException) -> ReplicationConfigError:
+    """A storage failure as a configuration error naming the reason, not secrets.
+
+    delta-rs puts a generic first line ("Generic S3 error") over a chain of causes, the last of
+    which is the service's answer (``<Code>NoSuchBucket</Code><Message>...``) or the network
+    error; the reason is read from that chain: the bucket/container is missing, the endpoint is
+    unreachable, or the credentials are refused. Only the service's error code and message and
+    the innermost network error are quoted: never the request (its URL may carry a signature)
+    nor the storage options.
     """
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return ReplicationConfigError(f"{target}: the storage is not usable: {type(exc).__name__}: {text[:300]}")
+    text = _ANSI.sub("", str(exc)).strip()
+    lines = [line.strip().lstrip("\u21b3").strip() for line in text.splitlines() if line.strip()]
+    head = lines[0] if lines else type(exc).__name__
+    fields = dict(_XML_FIELD.findall(text))
+    code, message = fields.get("Code", ""), fields.get("Message", "")
+    lowered = text.lower()
+    if code in ("NoSuchBucket", "ContainerNotFound") or "bucket does not exist" in lowered:
+        reason = "the bucket (or container) does not exist: create it or fix destination_path"
+    elif code in _DENIED or " 403 forbidden" in f" {lowered}":
+        reason = "access denied: check the storage connection's credentials and their permissions"
+    elif any(marker in lowered for marker in _UNREACHABLE):
+        cause = lines[-1] if lines else ""
+        reason = f"the storage endpoint is unreachable ({cause[:120]}): check endpoint_url / the network"
+    else:
+        reason = ""
+    detail = f" ({code}: {message})" if code and message else ""
+    said = f"{head[:200]}{detail}"
+    prefix = f"{target}: the storage is not usable: "
+    if reason:
+        return ReplicationConfigError(f"{prefix}{reason} [{type(exc).__name__}: {said}]")
+    return ReplicationConfigError(f"{prefix}{type(exc).__name__}: {said[:300]}")
 
 
 def latest_dap_commit(table: Any) -> tuple[dict[str, Any], datetime | None] | None:

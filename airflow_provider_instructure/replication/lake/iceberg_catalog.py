@@ -177,6 +177,79 @@ def probe_writable(catalog: Any, table_location: str) -> None:
         ) from None
 
 
+#: What a table location may hold without a catalog entry: what an interrupted first sync of
+#: this table leaves (data files, manifests) before its catalog commit.
+_ICEBERG_DIRS = ("data", "metadata")
+_PROBE_PREFIX = ".dap-write-probe-"
+
+
+def _entries(io: Any, uri: str) -> list[str] | None:
+    """Base names directly under ``uri`` (``None``: it does not exist), through the FileIO's
+    pyarrow filesystem (the same credentials as the writes)."""
+    import pyarrow.fs as pafs
+
+    scheme, netloc, path = io.parse_location(uri)
+    fs = io.fs_by_scheme(scheme, netloc)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
+    names = sorted(info.base_name for info in infos if not info.base_name.startswith(_PROBE_PREFIX))
+    if names:
+        return names
+    return None if fs.get_file_info(path).type == pafs.FileType.NotFound else []
+
+
+def check_location_free(catalog: Any, table_location: str, catalog_uri: str, target: str) -> None:
+    """Refuse a new table's location that holds something else.
+
+    A table that is not (yet) in our catalog may only go where nothing is, or where an
+    interrupted first sync of it left ``data/`` and ``metadata/`` without a committed
+    ``*.metadata.json``. Sharing a directory with a Delta table, user files or another catalog's
+    Iceberg table would mix the files, and the other's VACUUM / orphan-file cleanup would then
+    delete ours (or ours theirs).
+
+    :param catalog: the catalog from :func:`open_catalog` (its FileIO lists the location).
+    :param table_location: ``<location>/<catalog_namespace>/<table>``.
+    :param catalog_uri: the catalog's URL (shown with its password masked).
+    :param target: the table's identifier, for the message.
+    :raises ReplicationConfigError: the location is not empty, or cannot be listed.
+    """
+    from pyiceberg.io import load_file_io
+
+    io = load_file_io(catalog.properties, table_location)
+    base = table_location.rstrip("/")
+    try:
+        found = _entries(io, base)
+        committed = []
+        if found and "metadata" in found:
+            committed = [n for n in (_entries(io, f"{base}/metadata") or []) if n.endswith(".metadata.json")]
+    except Exception as exc:
+        raise ReplicationConfigError(
+            f"cannot list the Iceberg location {table_location}: {type(exc).__name__}: {first_line(exc)}"
+        ) from None
+    if not found:
+        return
+    if "_delta_log" in found:
+        raise ReplicationConfigError(
+            f"{table_location} is a Delta table (found _delta_log); the Iceberg table {target} cannot share its "
+            "directory (a Delta VACUUM would delete the Iceberg files). Choose another destination_path or "
+            "catalog_namespace"
+        )
+    if committed:
+        raise ReplicationConfigError(
+            f"{table_location} already holds an Iceberg table (metadata/{committed[-1]}) that the catalog at "
+            f"{masked_url(catalog_uri)} does not point at: another catalog owns it, or its catalog entry was "
+            f"dropped. Use the catalog that wrote it (catalog_conn_id), or another destination_path or "
+            f"catalog_namespace for {target}; if the old table is no longer wanted, delete {table_location}"
+        )
+    others = [n for n in found if n not in _ICEBERG_DIRS]
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise ReplicationConfigError(
+            f"{table_location} is not empty and is not an Iceberg table of this catalog (found {shown}); the "
+            f"Iceberg table {target} needs an empty directory: choose another destination_path or "
+            "catalog_namespace, or move those files away"
+        )
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, cut to 300 characters."""
     text = str(exc).strip().splitlines()
@@ -203,6 +276,7 @@ def same_place(found: str, expected: str) -> bool:
 __all__ = [
     "CATALOG_NAME",
     "DEFAULT_SQLITE_FILE",
+    "check_location_free",
     "default_catalog_uri",
     "file_io_properties",
     "first_line",
