@@ -81,7 +81,7 @@ def check_destination_path(path: str) -> str:
     text = str(path or "").strip()
     if not text:
         raise InstructureConfigError(
-            "destination_path is empty; pass a local directory or an s3://, gs://, abfs:// URI."
+            "destination_path is empty; pass a local directory or an s3://, gs://, abfss:// URI."
         )
     scheme = _scheme(text)
     if not scheme:
@@ -89,7 +89,7 @@ def check_destination_path(path: str) -> str:
         if not os.path.isabs(os.path.expanduser(local)):
             raise InstructureConfigError(
                 f"destination_path {text!r} is a relative local path; pass an absolute directory (the worker's "
-                "working directory changes between runs) or an s3://, gs://, abfs:// URI"
+                "working directory changes between runs) or an s3://, gs://, abfss:// URI"
             )
         return ""
     if scheme not in _CONN_TYPE_BY_SCHEME:
@@ -102,10 +102,20 @@ def check_destination_path(path: str) -> str:
     return scheme
 
 
+def normalise_path(path: str) -> str:
+    """``path`` stripped, with ``s3a://`` (Hadoop's name for S3) spelled ``s3://``: both name the
+    same objects, so the table, its Airflow asset and its parts directory get one name."""
+    text = str(path or "").strip()
+    if urlsplit(text).scheme.lower() == "s3a":
+        return "s3" + text[text.index(":") :]
+    return text
+
+
 def storage_location(path: str, storage_conn_id: str | None) -> Any:
     """The :class:`StorageLocation` of ``path`` with the credentials of ``storage_conn_id``.
 
-    :param path: the operator's ``destination_path``.
+    :param path: the operator's ``destination_path`` (``s3a://`` is taken as ``s3://``,
+        ``file:///abs/dir`` as ``/abs/dir``).
     :param storage_conn_id: an ``aws``, ``google_cloud_platform``, ``wasb`` or ``adls`` Airflow
         connection; None for a local path or the environment's credentials.
     :returns: a ``replication.lake.storage.StorageLocation``.
@@ -132,7 +142,7 @@ def storage_location(path: str, storage_conn_id: str | None) -> Any:
             ) from None
         options = location_options(conn, storage_conn_id, path)
     try:
-        return StorageLocation(str(path).strip(), options)
+        return StorageLocation(normalise_path(path), options)
     except ReplicationConfigError as exc:
         raise InstructureConfigError(f"destination_path {path!r}: {exc}") from None
 

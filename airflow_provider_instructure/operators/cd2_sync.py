@@ -23,6 +23,7 @@ from airflow_provider_instructure.operators.sync_destination import (
     DIALECTS,
     OpenedDestination,
     check_destination_args,
+    normalise_table_format,
     open_destination,
     parts_key,
 )
@@ -150,7 +151,7 @@ class CD2SyncTableOperator(CD2QueryOperator):
         self.destination_conn_id = destination_conn_id
         self.destination_schema = destination_schema
         self.table_prefix = table_prefix
-        self.table_format = table_format
+        self.table_format = normalise_table_format(table_format)  # "Delta" is "delta" in XCom and logs
         self.destination_path = destination_path
         self.storage_conn_id = storage_conn_id
         self.catalog_conn_id = catalog_conn_id
@@ -170,6 +171,12 @@ class CD2SyncTableOperator(CD2QueryOperator):
         self._lineage_note(dialect=opened.destination.kind, destination=opened.lineage)  # known before data moves
         return opened.destination
 
+    def _where(self, target: str) -> str:
+        """``target`` as logged: an Iceberg identifier (``canvas.accounts``, no ``/``) says nothing
+        of which catalog and directory, so its location (the asset URI) is added."""
+        uri = getattr(self, "_asset_uri", None)
+        return f"{target} at {uri}" if uri and "/" not in target else target
+
     # -- the run ------------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> Any:
@@ -182,7 +189,9 @@ class CD2SyncTableOperator(CD2QueryOperator):
         self._state = state
         since = None
         if state is None:
-            self.log.info("%s has no replica in %s yet: taking a snapshot", self.table, destination.target_name)
+            self.log.info(
+                "%s has no replica in %s yet: taking a snapshot", self.table, self._where(destination.target_name)
+            )
         else:
             since = state.watermark
             self.log.info(
@@ -251,7 +260,7 @@ class CD2SyncTableOperator(CD2QueryOperator):
             "%s %s -> %s: %d inserted, %d updated, %d deleted; watermark %s; schema version %s; %d bytes; %s",
             result.mode,
             f"{meta['namespace']}.{meta['table']}",
-            result.target,
+            self._where(result.target),
             result.rows_inserted,
             result.rows_updated,
             result.rows_deleted,

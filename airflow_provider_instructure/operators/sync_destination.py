@@ -52,6 +52,14 @@ def _templated(value: Any) -> bool:
     return isinstance(value, str) and "{{" in value
 
 
+def normalise_table_format(table_format: Any) -> Any:
+    """``table_format`` as the code spells it (``"Delta "`` -> ``"delta"``); templated values and
+    None are returned as they are (they are normalised once rendered)."""
+    if isinstance(table_format, str) and not _templated(table_format):
+        return table_format.strip().lower()
+    return table_format
+
+
 def check_destination_args(
     *,
     destination_conn_id: str | None,
@@ -83,6 +91,7 @@ def check_destination_args(
                     f"{name} is for table_format destinations; a SQL destination (destination_conn_id) takes none"
                 )
         return
+    table_format = normalise_table_format(table_format)
     if not table_format or not destination_path:
         missing = "table_format ('delta' or 'iceberg')" if not table_format else "destination_path"
         raise InstructureConfigError(f"a lake destination needs both table_format and destination_path: add {missing}")
@@ -99,7 +108,8 @@ def check_destination_args(
         if scheme and not _templated(table_format) and table_format.lower() == "iceberg" and not catalog_conn_id:
             raise InstructureConfigError(
                 f"an Iceberg table on {scheme}:// needs a catalog database that every worker reaches: "
-                "set catalog_conn_id (a postgres connection)"
+                "set catalog_conn_id (a postgres or sqlite connection; PostgreSQL when workers are on several "
+                "machines)"
             )
 
 
@@ -223,11 +233,12 @@ def _open_lake(
         catalog_conn_id=op.catalog_conn_id,
         table_prefix=op.table_prefix,
     )  # again: templated arguments are rendered now
+    table_format = normalise_table_format(op.table_format)
     location = storage_location(op.destination_path, op.storage_conn_id)
-    label = f"{op.table_format} table at {location.uri}"
+    label = f"{table_format} table at {location.uri}"
     try:
         destination = open_table_format(
-            op.table_format,
+            table_format,
             location,
             namespace,
             op.table,
@@ -257,7 +268,9 @@ def parts_key(op: Any) -> list[Any]:
         if op.catalog_conn_id:
             conn = BaseHook.get_connection(op.catalog_conn_id)
             catalog = [conn.conn_type, conn.host, conn.port, conn.schema]
-        path = str(op.destination_path).strip().rstrip("/")
+        from airflow_provider_instructure.hooks.storage import normalise_path
+
+        path = normalise_path(op.destination_path).rstrip("/")
         return ["lake", str(op.table_format).lower(), path, op.destination_schema, *catalog]
     conn = BaseHook.get_connection(op.destination_conn_id)
     return [conn.conn_type, conn.host, conn.port, conn.schema, conn.login, op.destination_schema, op.table_prefix]
@@ -269,6 +282,7 @@ __all__ = [
     "OpenedDestination",
     "catalog_url",
     "check_destination_args",
+    "normalise_table_format",
     "open_destination",
     "parts_key",
 ]

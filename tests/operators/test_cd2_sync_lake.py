@@ -144,10 +144,13 @@ def test_snapshot_then_incremental_into_a_lake_table(
         ({"table_format": "delta"}, "add destination_path"),
         ({"destination_path": "/lake"}, r"add table_format \('delta' or 'iceberg'\)"),
         ({"table_format": "hudi", "destination_path": "/lake"}, "table_format 'hudi' is not one of: delta, iceberg"),
-        ({"table_format": "delta", "destination_path": "lake"}, "relative local path"),
+        ({"table_format": "delta", "destination_path": "lake"}, r"relative local path.* gs://, abfss:// URI"),
         ({"table_format": "delta", "destination_path": "/l", "catalog_conn_id": "c"}, "catalog_conn_id is for"),
         ({"table_format": "delta", "destination_path": "/l", "table_prefix": "x_"}, "table_prefix is for SQL"),
-        ({"table_format": "iceberg", "destination_path": "s3://b/l"}, "set catalog_conn_id"),
+        (
+            {"table_format": "iceberg", "destination_path": "s3://b/l"},
+            r"set catalog_conn_id \(a postgres or sqlite connection; PostgreSQL when workers are on several",
+        ),
         ({"destination_conn_id": "w", "storage_conn_id": "s"}, "storage_conn_id is for table_format"),
         ({"table_format": "delta", "destination_path": "ftp://h/l"}, "unsupported scheme 'ftp'"),
     ],
@@ -187,6 +190,27 @@ def test_parts_directory_depends_on_the_lake_location(tmp_path: Path) -> None:
     assert a == parts_dir(table_format="delta", destination_path="/lake/a/")
     assert a != parts_dir(table_format="delta", destination_path="/lake/b")
     assert a != parts_dir(table_format="iceberg", destination_path="/lake/a")
+
+
+def test_table_format_case_and_s3a_name_one_destination(tmp_path: Path) -> None:
+    """ "Delta" is "delta" (XCom, parts directory); s3a:// is s3:// (asset, parts directory)."""
+    meta = {"namespace": "canvas", "table": "users", "job_id": "job-1"}
+
+    def op(**kwargs: Any) -> CD2SyncTableOperator:
+        return CD2SyncTableOperator(task_id="t", table="users", workdir=str(tmp_path), **kwargs)
+
+    capital = op(table_format=" Delta", destination_path="/lake/a")
+    assert capital.table_format == "delta"
+    assert capital._parts_dir(meta) == op(table_format="delta", destination_path="/lake/a")._parts_dir(meta)
+    s3a = op(table_format="delta", destination_path="s3a://b/lake")._parts_dir(meta)
+    assert s3a == op(table_format="delta", destination_path="s3://b/lake")._parts_dir(meta)
+
+
+def test_an_iceberg_target_is_logged_with_its_location() -> None:
+    ice = CD2SyncTableOperator(task_id="t", table="accounts", table_format="iceberg", destination_path="/lake")
+    ice._asset_uri = "file:///lake/canvas/accounts"
+    assert ice._where("canvas.accounts") == "canvas.accounts at file:///lake/canvas/accounts"
+    assert ice._where("/lake/canvas/accounts") == "/lake/canvas/accounts"  # a Delta table URI says it already
 
 
 def test_no_data_yet_then_a_schema_change_that_needs_a_snapshot(
