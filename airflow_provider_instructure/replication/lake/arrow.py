@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from airflow_provider_instructure.dap_schema import Column, TableSchema
-from airflow_provider_instructure.replication.errors import BadValueError, TsvFormatError
+from airflow_provider_instructure.replication.errors import BadValueError, ReplicationConfigError, TsvFormatError
 from airflow_provider_instructure.replication.tsv import META_ACTION, Part, iter_numbered_rows
 from airflow_provider_instructure.replication.values import (
     PYTHON_RANGE,
@@ -100,7 +100,16 @@ def arrow_schema(schema: TableSchema, *, with_op: bool = False) -> pa.Schema:
     """The Arrow schema of the lake table for ``schema`` (keys first, in schema order).
 
     :param with_op: add :data:`OP_COLUMN` (non-nullable string) last, for incremental batches.
+    :raises ReplicationConfigError: a DAP column is named :data:`OP_COLUMN` (the incremental's
+        MERGE source would hold two such columns: delta-rs panics); refused on the snapshot too,
+        so that a table whose incrementals cannot work is never started.
     """
+    if any(c.name == OP_COLUMN for c in schema.columns):
+        raise ReplicationConfigError(
+            f"the DAP table has a column named {OP_COLUMN!r} (schema version {schema.version}), the name the "
+            "Delta and Iceberg destinations reserve for the change type of incremental rows; replicate this "
+            "table to a SQL destination (destination_conn_id)"
+        )
     fields = [arrow_field(c) for c in schema.columns]
     if with_op:
         fields.append(pa.field(OP_COLUMN, pa.string(), nullable=False))

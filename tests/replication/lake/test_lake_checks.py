@@ -5,6 +5,7 @@ unreachable endpoint) instead of "Generic S3 error", without secrets."""
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -99,3 +100,22 @@ def test_access_denied_is_named_without_the_signature() -> None:
     text = str(delta_log.storage_error("s3://b/k", raw))
     assert "access denied" in text and "SignatureDoesNotMatch" in text
     assert "abc123secret" not in text and "StringToSign" not in text and "AWS4" not in text
+
+
+@pytest.mark.parametrize("fmt", ["delta", "iceberg"])
+def test_a_dap_column_named_like_the_op_column_is_refused(
+    fmt: str, local_location: StorageLocation, tmp_path: Path
+) -> None:
+    # delta-rs panicked on the incremental's MERGE source holding two _dap_op columns.
+    from airflow_provider_instructure.replication.lake.arrow import OP_COLUMN
+    from tests.replication.lake.test_iceberg import _snapshot_parts
+    from tests.replication.test_handcrafted import T0, _rows
+
+    versioned = copy.deepcopy(TRICKY_SCHEMA)
+    versioned["schema"]["properties"]["value"]["properties"][OP_COLUMN] = {"type": "string"}
+    cls = DeltaDestination if fmt == "delta" else IcebergDestination
+    dest = cls(local_location, "canvas", "tricky")
+    with pytest.raises(ReplicationConfigError, match=f"has a column named '{OP_COLUMN}'.* SQL destination"):
+        dest.apply_snapshot(_snapshot_parts(tmp_path, _rows(0)), versioned_schema=versioned, at=T0)
+    assert dest.read_state() is None
+    dest.close()
