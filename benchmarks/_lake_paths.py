@@ -250,10 +250,16 @@ def read_lake_table(spec: PathSpec, columns: list[str]) -> Any:
 
     location = StorageLocation(spec.root, spec.s3_options if spec.on_s3 else {})
     if spec.kind == "delta":
-        from deltalake import DeltaTable
+        import pyarrow as pa
+        from deltalake import DeltaTable, QueryBuilder
 
         uri = location.table_uri(spec.namespace, spec.table)
-        return DeltaTable(uri, storage_options=location.for_deltalake()).to_pyarrow_dataset().to_table(columns=columns)
+        table = DeltaTable(uri, storage_options=location.for_deltalake())
+        # delta-rs' own engine, not to_pyarrow_dataset: its PyFileSystem can abort the interpreter at
+        # exit on object storage (delta-rs #2184), which would fail a --s3 run after its figures.
+        select = ", ".join(f'"{c}"' for c in columns) if columns else "*"
+        stream = QueryBuilder().register("t", table).execute(f"SELECT {select} FROM t")
+        return pa.RecordBatchReader.from_stream(stream).read_all()
     from pyiceberg.catalog.sql import SqlCatalog
 
     from airflow_provider_instructure.replication.lake.iceberg_catalog import CATALOG_NAME
