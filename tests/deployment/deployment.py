@@ -375,8 +375,21 @@ class Deployment:
         wait_for(f"the dag-processor to parse {dag_ids}", parsed, timeout)
 
     def unpause(self, dag_id: str) -> None:
-        response = self.api("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
-        assert response.ok, f"unpausing {dag_id}: {response.status_code} {response.text}"
+        self.set_paused(dag_id, False)
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        response = self.api("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": paused})
+        assert response.ok, f"{'pausing' if paused else 'unpausing'} {dag_id}: {response.status_code} {response.text}"
+
+    def wait_idle(self, dag_ids: list[str], timeout: float) -> None:
+        """Until none of ``dag_ids`` has a queued or running run (e.g. one the scheduler started at a
+        schedule boundary just before they were paused)."""
+
+        def idle() -> bool:
+            self.check_alive()
+            return not any(r["state"] in ("queued", "running") for d in dag_ids for r in self.runs(d))
+
+        wait_for(f"no queued or running runs of {dag_ids}", idle, timeout, interval=1.0)
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
         """Trigger a manual run (no logical date, as the UI's Trigger button does); returns its run id."""

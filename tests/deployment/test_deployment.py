@@ -150,12 +150,22 @@ def test_a_retry_after_a_fault_resumes_the_same_job(e2e: E2E, first_runs: dict[s
     deployment = e2e.deployment
     # From now on jobs finish within the worker's first checks: later runs need no triggerer round trip.
     e2e.emulator("PATCH", "config", json={"job_waiting_seconds": 0.5, "job_running_seconds": 0.5})
-    before = e2e.emulator("GET", "stats")
-    e2e.emulator("POST", "faults", json={"route": "download", "kind": "500", "count": 1})
-    deployment.unpause(RETRY_DAG)
-    run_id = deployment.trigger(RETRY_DAG)
-    state = deployment.wait_run(RETRY_DAG, run_id, timeout=120, fail_fast=False)
-    after = e2e.emulator("GET", "stats")
+    # The scheduled example DAGs are paused meanwhile: a run the scheduler starts at a schedule
+    # boundary (hh:00, hh:30) would create jobs counted below and could take the injected fault.
+    scheduled = EXAMPLE_DAGS[1:]
+    for dag_id in scheduled:
+        deployment.set_paused(dag_id, True)
+    try:
+        deployment.wait_idle(scheduled, timeout=180)
+        before = e2e.emulator("GET", "stats")
+        e2e.emulator("POST", "faults", json={"route": "download", "kind": "500", "count": 1})
+        deployment.unpause(RETRY_DAG)
+        run_id = deployment.trigger(RETRY_DAG)
+        state = deployment.wait_run(RETRY_DAG, run_id, timeout=120, fail_fast=False)
+        after = e2e.emulator("GET", "stats")
+    finally:
+        for dag_id in scheduled:
+            deployment.unpause(dag_id)
     e2e.mark("retry run done")
 
     (ti,) = deployment.task_instances(RETRY_DAG, run_id)
