@@ -45,7 +45,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from airflow_provider_instructure.dap_schema import TableSchema, parse_table_schema
@@ -62,21 +62,10 @@ from airflow_provider_instructure.replication.state import ORIGIN_DAP, STATE_TAB
 from airflow_provider_instructure.replication.state_table import ensure_state_table
 from airflow_provider_instructure.replication.tsv import Part
 from airflow_provider_instructure.replication.types import mysql_column_types, sql_type
-from airflow_provider_instructure.replication.windows import check_incremental_window, check_snapshot_at
-from airflow_provider_instructure.timestamps import parse_timestamp
+from airflow_provider_instructure.replication.windows import aware_utc, check_incremental_window, check_snapshot_at
 
 #: Tables whose results may repeat a key (upstream at-least-once delivery), as dap knows them.
 DUPLICATE_KEY_TABLES = frozenset({("canvas_logs", "web_logs")})
-
-
-def _aware(value: datetime | str, name: str) -> datetime:
-    if isinstance(value, str):
-        # Not fromisoformat: Python 3.10's rejects DAP's "Z" and short fractions. A string
-        # without a zone is refused there (ValueError), like a naive datetime below.
-        value = parse_timestamp(value)
-    if value.tzinfo is None:
-        raise ValueError(f"{name} must be timezone-aware (DAP timestamps are UTC), got {value!r}")
-    return value.astimezone(timezone.utc)
 
 
 class TableReplicator:
@@ -228,7 +217,7 @@ class TableReplicator:
         :raises WatermarkError: if ``at`` is older than the replica's watermark.
         :raises ConcurrentReplicationError: another run holds the target's lock.
         """
-        at = _aware(at, "at")
+        at = aware_utc(at, "at")
         self._ensure_checked()
         with self._d.exclusive(self.target):
             return self._snapshot(files, versioned_schema, at, job_id)
@@ -301,8 +290,8 @@ class TableReplicator:
         :raises WatermarkError: the window leaves a gap after the watermark, or ends before it.
         :raises ConcurrentReplicationError: another run holds the target's lock.
         """
-        since = _aware(since, "since")
-        until = _aware(until, "until")
+        since = aware_utc(since, "since")
+        until = aware_utc(until, "until")
         if until < since:
             raise ValueError(f"until {until.isoformat()} is before since {since.isoformat()}")
         self._ensure_checked()

@@ -8,10 +8,27 @@ every key it carries gets its latest state. A snapshot must not be older than th
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 
 from airflow_provider_instructure.replication.errors import SnapshotRequired, WatermarkError
 from airflow_provider_instructure.replication.state import SyncState
+from airflow_provider_instructure.timestamps import parse_timestamp
+
+
+def aware_utc(value: datetime | str, name: str) -> datetime:
+    """A job's ``at``/``since``/``until`` as an aware UTC datetime, the same for every destination.
+
+    :param value: a datetime or DAP's RFC 3339 text (``Z``, any fraction: :func:`parse_timestamp`, since
+        Python 3.10's ``fromisoformat`` rejects both).
+    :param name: the argument's name, for the error.
+    :raises ValueError: text that is not a timestamp, or a value without a zone (DAP timestamps are UTC;
+        a naive one is a caller's mistake, not something to guess).
+    """
+    if isinstance(value, str):
+        value = parse_timestamp(value)
+    if value.tzinfo is None:
+        raise ValueError(f"{name} must be timezone-aware (DAP timestamps are UTC), got {value!r}")
+    return value.astimezone(timezone.utc)
 
 
 def check_snapshot_at(previous: SyncState | None, at: datetime, target_name: str) -> None:

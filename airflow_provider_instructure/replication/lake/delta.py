@@ -53,7 +53,7 @@ from airflow_provider_instructure.replication.result import SyncResult
 from airflow_provider_instructure.replication.schema_changes import diff_schemas
 from airflow_provider_instructure.replication.state import SyncState
 from airflow_provider_instructure.replication.values import ValueTally
-from airflow_provider_instructure.replication.windows import check_incremental_window, check_snapshot_at
+from airflow_provider_instructure.replication.windows import aware_utc, check_incremental_window, check_snapshot_at
 
 _log = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ class DeltaDestination:
         from deltalake import CommitProperties, write_deltalake
 
         started = time.monotonic()
-        moment = meta.parse_watermark(at)
+        moment = aware_utc(at, "at")
         dt = self._open()
         previous = self._state(dt)
         check_snapshot_at(previous, moment, self.uri)
@@ -347,7 +347,7 @@ class DeltaDestination:
         from deltalake import CommitProperties, write_deltalake
 
         started = time.monotonic()
-        start, end = meta.parse_watermark(since), meta.parse_watermark(until)
+        start, end = aware_utc(since, "since"), aware_utc(until, "until")
         dt = self._open()
         state = check_incremental_window(self._state(dt), start, end, self.uri)
         schema = parse_table_schema(versioned_schema)

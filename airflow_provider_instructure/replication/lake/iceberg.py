@@ -83,19 +83,11 @@ from airflow_provider_instructure.replication.result import SyncResult
 from airflow_provider_instructure.replication.schema_changes import diff_schemas
 from airflow_provider_instructure.replication.state import SyncState
 from airflow_provider_instructure.replication.values import ValueTally
-from airflow_provider_instructure.replication.windows import check_incremental_window, check_snapshot_at
+from airflow_provider_instructure.replication.windows import aware_utc, check_incremental_window, check_snapshot_at
 
 if TYPE_CHECKING:
     from pyiceberg.catalog.sql import SqlCatalog
     from pyiceberg.table import Table, Transaction
-
-
-def _aware(value: datetime | str, name: str) -> datetime:
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if value.tzinfo is None:
-        raise ValueError(f"{name} must be timezone-aware (DAP timestamps are UTC), got {value!r}")
-    return value.astimezone(timezone.utc)
 
 
 class IcebergDestination:
@@ -265,7 +257,7 @@ class IcebergDestination:
         :raises BadValueError: a value the bad-value policy cannot store (nothing committed).
         :raises ConcurrentReplicationError: another writer committed to the table meanwhile.
         """
-        at = _aware(at, "at")
+        at = aware_utc(at, "at")
         self._ensure_checked()
         timer = PhaseTimer()
         schema = parse_table_schema(versioned_schema)
@@ -329,8 +321,8 @@ class IcebergDestination:
         :raises WatermarkError: the window leaves a gap after the watermark, or ends before it.
         :raises ConcurrentReplicationError: another writer committed to the table meanwhile.
         """
-        since = _aware(since, "since")
-        until = _aware(until, "until")
+        since = aware_utc(since, "since")
+        until = aware_utc(until, "until")
         if until < since:
             raise ValueError(f"until {until.isoformat()} is before since {since.isoformat()}")
         self._ensure_checked()

@@ -33,6 +33,7 @@ from typing import Any
 
 from airflow_provider_instructure.replication.errors import ReplicationConfigError
 from airflow_provider_instructure.replication.state import ORIGIN_AIRFLOW, SyncState
+from airflow_provider_instructure.timestamps import parse_timestamp
 
 NAMESPACE = "dap.namespace"
 TABLE = "dap.table"
@@ -69,7 +70,7 @@ def parse_watermark(text: str | datetime) -> datetime:
 
     :raises ValueError: the text is not ISO-8601.
     """
-    moment = text if isinstance(text, datetime) else datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    moment = text if isinstance(text, datetime) else parse_timestamp(text.strip(), naive_is_utc=True)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc)
