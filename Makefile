@@ -55,7 +55,7 @@ e2e: $(VENV)/.stamp-test
 	$(VENV)/bin/python -m pytest tests/deployment -m deployment $(PYTEST_ARGS)
 
 # The version matrix (README "Supported versions"): its own venvs under .venv-matrix/, the core suites
-# on the oldest and newest supported patch of Airflow 3.1-3.3, the full suite on Python 3.11 and 3.13 with the
+# on the oldest and newest supported patch of Airflow 3.1-3.3, the full suite on Python 3.10 and 3.13 with the
 # newest Airflow; prints the table. One cell: make matrix MATRIX_ARGS="--cells floor".
 MATRIX_ARGS ?=
 matrix: $(DAP_VENV)/.stamp

@@ -30,7 +30,11 @@ from pathlib import Path
 
 import pytest
 import requests
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: tomli, the same API (installed with build)
+    import tomli as tomllib  # type: ignore[no-redef]
 
 from tests.conftest import REPO
 
