@@ -332,10 +332,25 @@ def key_text(values: dict[str, Any]) -> str:
     return ", ".join(f"{k}={cut(None if v is None else str(v), 40)}" for k, v in values.items())
 
 
+class RowCounter:
+    """Rows and uncompressed Arrow bytes of the batches a writer consumed (``bytes_loaded``)."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.bytes = 0
+
+    def count(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            self.rows += batch.num_rows
+            self.bytes += batch.nbytes
+            yield batch
+
+
 __all__ = [
     "BATCH_ROWS",
     "OP_COLUMN",
     "TIMESTAMP_TYPE",
+    "RowCounter",
     "arrow_field",
     "arrow_schema",
     "arrow_type",

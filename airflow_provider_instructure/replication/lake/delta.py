@@ -45,7 +45,7 @@ from airflow_provider_instructure.dap_schema import TableSchema, parse_table_sch
 from airflow_provider_instructure.replication.errors import ReplicationConfigError, SchemaChangeRequiresSnapshot
 from airflow_provider_instructure.replication.lake import delta_log
 from airflow_provider_instructure.replication.lake import metadata as meta
-from airflow_provider_instructure.replication.lake.arrow import OP_COLUMN, arrow_schema, record_batches
+from airflow_provider_instructure.replication.lake.arrow import OP_COLUMN, RowCounter, arrow_schema, record_batches
 from airflow_provider_instructure.replication.lake.storage import StorageLocation
 from airflow_provider_instructure.replication.part_feed import Parts, read_parts
 from airflow_provider_instructure.replication.replicator import DUPLICATE_KEY_TABLES
@@ -94,22 +94,18 @@ def _quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-class _Counter:
-    """Counts rows and bytes of the batches passing through (what the writer consumed), and
-    keeps the exception the batches raised: delta-rs wraps it in a generic ``DeltaError``, and
-    the caller must see the :class:`~..errors.BadValueError` (or other error) itself."""
+class _Counter(RowCounter):
+    """A :class:`~.arrow.RowCounter` that also keeps the exception the batches raised: delta-rs
+    wraps it in a generic ``DeltaError``, and the caller must see the
+    :class:`~..errors.BadValueError` (or other error) itself."""
 
     def __init__(self) -> None:
-        self.rows = 0
-        self.bytes = 0
+        super().__init__()
         self.error: BaseException | None = None
 
     def wrap(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         try:
-            for batch in batches:
-                self.rows += batch.num_rows
-                self.bytes += batch.nbytes
-                yield batch
+            yield from self.count(batches)
         except BaseException as exc:
             self.error = exc
             raise

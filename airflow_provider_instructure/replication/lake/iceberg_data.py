@@ -8,7 +8,6 @@ key (the last occurrence wins, as in ``dap``), and the key filters the merge nee
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,18 +23,8 @@ if TYPE_CHECKING:
 OP = lake_arrow.OP_COLUMN
 
 
-@dataclass
-class RowCounter:
-    """Rows and uncompressed Arrow bytes read from the parts."""
-
-    rows: int = 0
-    bytes: int = 0
-
-    def count(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            self.rows += batch.num_rows
-            self.bytes += batch.nbytes
-            yield batch
+#: Rows and Arrow bytes read from the parts: the counter both lake formats use.
+RowCounter = lake_arrow.RowCounter
 
 
 @dataclass(frozen=True)
